@@ -1,0 +1,411 @@
+"""The node runtime: drives the pure Raft core with threads, timers, disk and HTTP.
+
+Threads:
+  raft loop   owns the RaftCore and the WAL. Drains every queued event (proposals,
+              messages, reads), then handles one Ready: one fsync for the whole batch
+              (group commit), then sends, then hands committed entries to the applier.
+  applier     the only writer of the state machine; answers waiting clients.
+  snapshotter writes pickledb snapshots off the apply path.
+  one sender per peer, with a keep-alive HTTP session; at most one AppendEntries in flight
+              per peer, so entries proposed meanwhile are batched into the next request.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import queue
+import random
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import orjson
+import requests
+
+from raft_core import (APPEND_REQ, LEADER, REQUESTS, SNAP_REQ, VOTE_REQ, NotLeader, RaftCore)
+from storage import Storage
+from task_state import TaskStateMachine
+
+log = logging.getLogger("pickledb_cluster.node")
+
+SECRET_HEADER = "X-Cluster-Secret"
+MESSAGE_HEADER = "X-Raft-Message"
+
+
+@dataclass
+class NodeConfig:
+    host: str = "127.0.0.1"
+    port: int = 4000
+    peers: list[str] = field(default_factory=list)
+    data_dir: str = "data/node_4000"
+    heartbeat_interval: float = 2.0
+    election_timeout: float = 5.0
+    first_election_timeout: float | None = None
+    cluster_secret: str | None = None
+    snapshot_every: int = 10000
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class ClientError(Exception):
+    """A request the cluster could not serve right now; maps to an HTTP answer."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+
+
+class Waiter:
+    """One client waiting for the raft loop or the applier."""
+    __slots__ = ("event", "value", "error")
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.value = None
+        self.error: ClientError | None = None
+
+    def resolve(self, value=None) -> None:
+        self.value = value
+        self.event.set()
+
+    def fail(self, error: ClientError) -> None:
+        self.error = error
+        self.event.set()
+
+    def wait(self, timeout: float):
+        if not self.event.wait(timeout):
+            raise ClientError(503, "unknown_outcome", "timed out waiting for the cluster; "
+                              "the request may or may not have been applied", retry_after=1)
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def no_leader(leader: str | None = None) -> ClientError:
+    return ClientError(503, "no_leader", "no leader is elected right now; retry shortly", retry_after=1)
+
+
+class PeerSender(threading.Thread):
+    """Sends raft messages to one peer over a keep-alive session; responses go back to the loop."""
+
+    def __init__(self, node: "Node", peer: str, url: str):
+        super().__init__(daemon=True, name=f"sender-{peer}")
+        self.node, self.peer, self.url = node, peer, url
+        self.session = requests.Session()
+        self.cond = threading.Condition()
+        self.pending: list[dict] = []
+
+    def send(self, msg: dict) -> None:
+        with self.cond:
+            if msg["type"] in (APPEND_REQ, SNAP_REQ):
+                # A newer append supersedes an unsent older one (it carries the same entries and more).
+                self.pending = [m for m in self.pending if m["type"] not in (APPEND_REQ, SNAP_REQ)]
+            self.pending.append(msg)
+            self.cond.notify()
+
+    def run(self) -> None:
+        timeout = max(1.0, self.node.config.election_timeout)
+        while not self.node.stopping.is_set():
+            with self.cond:
+                while not self.pending and not self.node.stopping.is_set():
+                    self.cond.wait(0.5)
+                if self.node.stopping.is_set():
+                    return
+                msg = self.pending.pop(0)
+            try:
+                headers = dict(self.node.secret_headers)
+                if msg["type"] == SNAP_REQ:
+                    meta, data = self.node.storage.snapshot_bytes()
+                    msg = dict(msg, last_index=meta["index"], last_term=meta["term"])
+                    headers[MESSAGE_HEADER] = json.dumps(msg)
+                    path, body, t = "/raft/snapshot", data, max(30.0, timeout)
+                else:
+                    body, t = orjson.dumps(msg), timeout
+                    path = {VOTE_REQ: "/raft/vote"}.get(msg["type"]) or (
+                        "/replicate" if msg.get("entries") else "/heartbeat")
+                headers["Content-Type"] = "application/json"
+                resp = self.session.post(self.url + path, data=body, headers=headers, timeout=(timeout, t))
+                if resp.status_code == 200:
+                    self.node.submit(("msg", orjson.loads(resp.content), None))
+                elif resp.status_code in (401, 403):
+                    log.error("peer %s refused our cluster secret (HTTP %s)", self.peer, resp.status_code)
+            except (requests.RequestException, orjson.JSONDecodeError, OSError) as exc:
+                log.debug("send to %s failed: %s", self.peer, exc)
+                self.session.close()
+                self.session = requests.Session()
+
+
+class Node:
+    def __init__(self, config: NodeConfig):
+        self.config = config
+        self.id = config.url
+        self.stopping = threading.Event()
+        self.secret_headers = {SECRET_HEADER: config.cluster_secret} if config.cluster_secret else {}
+        routes = json.loads(os.environ.get("PICKLEDB_PEER_ROUTES") or "{}")
+        self.routes = {p: routes.get(p, p) for p in config.peers}
+
+        self.storage = Storage(config.data_dir)
+        state, entries = self.storage.load()
+        meta = self.storage.snapshot_meta
+        self.state = TaskStateMachine()
+        self.state.restore(meta["index"], meta["term"], state)
+        term, vote = self.storage.hard_state
+        self.core = RaftCore(self.id, config.peers, election_timeout=config.election_timeout,
+                             heartbeat_interval=config.heartbeat_interval, now=time.monotonic(),
+                             rng=random.Random(), term=term, voted_for=vote,
+                             snap_index=meta["index"], snap_term=meta["term"], entries=entries,
+                             first_election_timeout=config.first_election_timeout)
+        log.info("node %s loaded snapshot at %d and %d log entries (term %d)",
+                 self.id, meta["index"], len(entries), term)
+
+        self.events: queue.Queue = queue.Queue()
+        self.apply_queue: queue.Queue = queue.Queue()
+        self.pending_lock = threading.Lock()
+        self.pending: dict[int, tuple[int, Waiter]] = {}  # log index -> (term, waiter)
+        self.reads: dict[int, Waiter] = {}
+        self.read_ids = itertools.count(1)
+        self.replies: dict[tuple[str, int], Waiter] = {}
+        self.snapshotting = False
+        self.last_snapshot_index = meta["index"]
+        self.changes = threading.Condition()
+        self.change_seq = 0
+        self.status_view: dict = {}
+        self.senders = {p: PeerSender(self, p, self.routes[p]) for p in config.peers}
+        self.threads = [threading.Thread(target=self._raft_loop, name="raft", daemon=True),
+                        threading.Thread(target=self._apply_loop, name="apply", daemon=True),
+                        *self.senders.values()]
+        self._publish_status()
+
+    # ------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.events.put(("stop",))
+        self.apply_queue.put(("stop",))
+        for t in self.threads:
+            t.join(timeout=5)
+        self.storage.close()
+
+    def submit(self, event: tuple) -> None:
+        self.events.put(event)
+
+    # ------------------------------------------------------------- public operations
+    @property
+    def request_timeout(self) -> float:
+        return max(3.0, 4 * self.config.election_timeout)
+
+    def propose(self, command: dict):
+        """Replicate a command; returns (status, body) once committed and applied here."""
+        waiter = Waiter()
+        self.submit(("propose", command, waiter))
+        return waiter.wait(self.request_timeout)
+
+    def read_barrier(self) -> None:
+        """Returns once this node, as a confirmed leader, has applied every write acknowledged
+        before the call (Raft read-index)."""
+        waiter = Waiter()
+        self.submit(("read", waiter))
+        waiter.wait(self.request_timeout)
+
+    def deliver(self, msg: dict, snapshot_state: dict | None = None) -> dict:
+        """A raft request from a peer; returns our response once it is safe to send."""
+        waiter = Waiter()
+        if snapshot_state is not None:
+            msg["data"] = snapshot_state
+        self.submit(("msg", msg, waiter))
+        return waiter.wait(max(5.0, 2 * self.config.election_timeout))
+
+    # ------------------------------------------------------------- raft loop
+    def _raft_loop(self) -> None:
+        core = self.core
+        tick = min(self.config.heartbeat_interval / 2, 0.05)
+        was_leader = False
+        try:
+            while not self.stopping.is_set():
+                batch = []
+                try:
+                    batch.append(self.events.get(timeout=tick))
+                    while True:
+                        batch.append(self.events.get_nowait())
+                except queue.Empty:
+                    pass
+                core.tick(time.monotonic())
+                for event in batch:
+                    self._handle_event(event)
+                self._handle_ready()
+                if was_leader and core.role != LEADER:
+                    self._fail_pending(ClientError(503, "unknown_outcome",
+                                                   "leadership was lost before the write committed; "
+                                                   "it may or may not be applied", retry_after=1))
+                if core.role == LEADER and not was_leader:
+                    print(f"ROLE leader term={core.term} node={self.id}", file=sys.stderr, flush=True)
+                    log.info("became leader for term %d", core.term)
+                was_leader = core.role == LEADER
+                self._publish_status()
+        except Exception:
+            log.exception("raft loop crashed; exiting so that no unsafe state is served")
+            os._exit(70)
+
+    def _handle_event(self, event: tuple) -> None:
+        core, kind = self.core, event[0]
+        if kind == "propose":
+            _, command, waiter = event
+            try:
+                index, term = core.propose(command)
+            except NotLeader:
+                waiter.fail(no_leader())
+                return
+            with self.pending_lock:
+                self.pending[index] = (term, waiter)
+        elif kind == "read":
+            waiter = event[1]
+            read_id = next(self.read_ids)
+            try:
+                core.read_index(read_id)
+            except NotLeader:
+                waiter.fail(no_leader())
+                return
+            self.reads[read_id] = waiter
+        elif kind == "msg":
+            _, msg, waiter = event
+            if waiter is not None:
+                self.replies[(msg.get("from"), msg.get("rid"))] = waiter
+            try:
+                core.step(msg)
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                log.warning("dropped malformed message from %s: %r", msg.get("from"), exc)
+        elif kind == "compact":
+            _, index, term = event
+            core.compact(index, term)
+            self.storage.compact(min(index, core.snap_index))
+
+    def _handle_ready(self) -> None:
+        core = self.core
+        rd = core.ready()
+        if rd.empty():
+            self._drop_unanswered()
+            return
+        if rd.snapshot is not None:
+            snap = rd.snapshot
+            self.storage.save_snapshot(snap["last_index"], snap["last_term"], snap["data"], installed=True)
+            self.last_snapshot_index = snap["last_index"]
+            self.apply_queue.put(("restore", snap["last_index"], snap["last_term"], snap["data"]))
+        self.storage.append(rd.hard_state, rd.entries)  # the one fsync of this batch
+        for msg in rd.messages:
+            waiter = None
+            if msg["type"] not in REQUESTS:
+                waiter = self.replies.pop((msg["to"], msg.get("rid")), None)
+            if waiter is not None:
+                waiter.resolve(msg)
+            else:
+                self.senders[msg["to"]].send(msg)
+        if rd.committed:
+            self.apply_queue.put(("entries", rd.committed))
+        for read_id, index in rd.reads:
+            waiter = self.reads.pop(read_id, None)
+            if waiter is not None:
+                self.apply_queue.put(("read", waiter, index))
+        for read_id in rd.failed_reads:
+            waiter = self.reads.pop(read_id, None)
+            if waiter is not None:
+                waiter.fail(no_leader())
+        core.advance(rd)
+        self._drop_unanswered()
+
+    def _drop_unanswered(self) -> None:
+        for waiter in self.replies.values():
+            waiter.fail(ClientError(400, "bad_message", "message was not accepted"))
+        self.replies.clear()
+
+    def _fail_pending(self, error: ClientError) -> None:
+        with self.pending_lock:
+            waiting, self.pending = self.pending, {}
+        for _, waiter in waiting.values():
+            waiter.fail(error)
+        for waiter in self.reads.values():
+            waiter.fail(no_leader())
+        self.reads.clear()
+
+    def _publish_status(self) -> None:
+        core = self.core
+        now = time.monotonic()
+        peers = {}
+        if core.role == LEADER:
+            for p in core.peers:
+                peers[p] = {"match_index": core.match_index[p],
+                            "reachable": now - core.last_ack[p] < core.election_timeout,
+                            "lag": core.last_index() - core.match_index[p]}
+        self.status_view = {
+            "node_id": self.id, "role": core.role, "is_leader": core.role == LEADER,
+            "term": core.term, "leader": core.leader_id, "voted_for": core.voted_for,
+            "commit_index": core.commit_index, "last_log_index": core.last_index(),
+            "snapshot_index": core.snap_index, "peers": peers,
+        }
+
+    # ------------------------------------------------------------- applier
+    def _apply_loop(self) -> None:
+        try:
+            while True:
+                item = self.apply_queue.get()
+                kind = item[0]
+                if kind == "stop":
+                    return
+                if kind == "entries":
+                    for index, term, command in item[1]:
+                        result = self.state.apply(index, term, command)
+                        with self.pending_lock:
+                            mine = self.pending.pop(index, None)
+                        if mine is not None:
+                            if mine[0] == term:
+                                mine[1].resolve(result)
+                            else:
+                                mine[1].fail(ClientError(503, "not_committed", "leadership changed; the "
+                                                         "write was not applied", retry_after=1))
+                    self._notify_change()
+                    self._maybe_snapshot()
+                elif kind == "restore":
+                    _, index, term, data = item
+                    self.state.restore(index, term, data)
+                    self._notify_change()
+                elif kind == "read":
+                    item[1].resolve()
+        except Exception:
+            log.exception("apply loop crashed; exiting")
+            os._exit(70)
+
+    def _notify_change(self) -> None:
+        with self.changes:
+            self.change_seq += 1
+            self.changes.notify_all()
+
+    def _maybe_snapshot(self) -> None:
+        if self.snapshotting or self.state.applied_index - self.last_snapshot_index < self.config.snapshot_every:
+            return
+        index, term, state = self.state.snapshot()
+        self.snapshotting = True
+        self.last_snapshot_index = index
+
+        def write():
+            try:
+                self.storage.save_snapshot(index, term, state)
+                self.submit(("compact", index, term))
+            except Exception:
+                log.exception("snapshot at %d failed", index)
+            finally:
+                self.snapshotting = False
+
+        threading.Thread(target=write, name="snapshot", daemon=True).start()
+
+    # ------------------------------------------------------------- status
+    def status(self) -> dict:
+        view = dict(self.status_view)
+        view["applied_index"] = self.state.applied_index
+        return view

@@ -1,0 +1,473 @@
+"""Pure Raft consensus core.
+
+No threads, sockets, clocks or disk: the runtime feeds it messages (`step`), time (`tick`)
+and proposals (`propose`, `read_index`), then takes a `Ready` that says what to persist,
+what to send and what to apply, and calls `advance` once the persisting is done.
+
+Rules the runtime must follow (they make the safety arguments below hold):
+  1. Persist `ready.hard_state`, `ready.snapshot` and `ready.entries` durably (fsync)
+     before sending any of `ready.messages`.
+  2. Apply `ready.committed` in order, and a received `ready.snapshot` before them.
+  3. Call `advance(ready)` after persisting; only then does the leader count its own copy.
+
+Log indexes start at 1. `snap_index`/`snap_term` describe the last entry folded into the
+latest durable snapshot; the in-memory log holds the entries after it.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+FOLLOWER = "follower"
+CANDIDATE = "candidate"
+LEADER = "leader"
+
+# Message types. Requests carry "rid" which the response echoes, so an HTTP transport
+# can pair them.
+VOTE_REQ = "vote_req"
+VOTE_RESP = "vote_resp"
+APPEND_REQ = "append_req"
+APPEND_RESP = "append_resp"
+SNAP_REQ = "snap_req"
+SNAP_RESP = "snap_resp"
+REQUESTS = (VOTE_REQ, APPEND_REQ, SNAP_REQ)
+
+NOOP = {"op": "noop"}
+MAX_BATCH = 2048  # entries per AppendEntries message
+
+
+class NotLeader(Exception):
+    def __init__(self, leader: str | None):
+        super().__init__(f"not leader (leader is {leader})")
+        self.leader = leader
+
+
+@dataclass
+class Ready:
+    hard_state: tuple[int, str | None] | None = None  # (term, voted_for) when changed
+    snapshot: dict | None = None  # received snapshot message to persist and apply
+    entries: list[tuple[int, int, Any]] = field(default_factory=list)  # (index, term, cmd), may overwrite
+    messages: list[dict] = field(default_factory=list)
+    committed: list[tuple[int, int, Any]] = field(default_factory=list)
+    reads: list[tuple[Any, int]] = field(default_factory=list)  # (read_id, index) confirmed
+    failed_reads: list[Any] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return not (self.hard_state or self.snapshot or self.entries or self.messages
+                    or self.committed or self.reads or self.failed_reads)
+
+
+class RaftCore:
+    def __init__(self, node_id: str, peers: list[str], *, election_timeout: float,
+                 heartbeat_interval: float, now: float, rng: random.Random | None = None,
+                 term: int = 0, voted_for: str | None = None,
+                 snap_index: int = 0, snap_term: int = 0,
+                 entries: list[tuple[int, Any]] | None = None,
+                 first_election_timeout: float | None = None):
+        """`entries` are the durable log entries after the snapshot, as (term, command)."""
+        self.id = node_id
+        self.peers = [p for p in peers if p != node_id]
+        self.election_timeout = election_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.rng = rng or random.Random()
+        self.term = term
+        self.voted_for = voted_for
+        self.role = FOLLOWER
+        self.leader_id: str | None = None
+        self.snap_index = snap_index
+        self.snap_term = snap_term
+        self.log: list[tuple[int, Any]] = list(entries or [])
+        self.commit_index = snap_index
+        self.applied_handed = snap_index  # last index handed out in ready.committed
+        self.stable_index = self.last_index()  # everything passed in is durable
+        self.now = now
+
+        self._hs_dirty = False
+        self._unstable_from: int | None = None
+        self._snapshot_in: dict | None = None
+        self._out: list[dict] = []
+        self._reads_done: list[tuple[Any, int]] = []
+        self._reads_failed: list[Any] = []
+        self._rid = 0
+
+        # Leader state.
+        self.next_index: dict[str, int] = {}
+        self.match_index: dict[str, int] = {}
+        self.inflight_since: dict[str, float | None] = {}
+        self.last_ack: dict[str, float] = {}
+        self.acked_seq: dict[str, int] = {}
+        self.seq = 0
+        self.noop_index = 0
+        self.leader_since = 0.0
+        self.next_heartbeat = 0.0
+        self.pending_reads: list[tuple[Any, int, int]] = []  # (read_id, required_seq, index)
+        self.votes: set[str] = set()
+
+        timeout = first_election_timeout if first_election_timeout is not None else self._random_timeout()
+        self.election_deadline = now + timeout
+
+    # ----------------------------------------------------------------- log helpers
+    def last_index(self) -> int:
+        return self.snap_index + len(self.log)
+
+    def last_term(self) -> int:
+        return self.log[-1][0] if self.log else self.snap_term
+
+    def term_at(self, index: int) -> int | None:
+        """Term of the entry at `index`, or None when unknown (compacted away or beyond the log)."""
+        if index == self.snap_index:
+            return self.snap_term
+        if index < self.snap_index or index > self.last_index():
+            return None
+        return self.log[index - self.snap_index - 1][0]
+
+    def entry(self, index: int) -> tuple[int, Any]:
+        return self.log[index - self.snap_index - 1]
+
+    def quorum(self) -> int:
+        return (len(self.peers) + 1) // 2 + 1
+
+    def _random_timeout(self) -> float:
+        return self.election_timeout * (1.0 + self.rng.random())
+
+    def _append(self, term: int, command: Any) -> int:
+        self.log.append((term, command))
+        index = self.last_index()
+        if self._unstable_from is None or index < self._unstable_from:
+            self._unstable_from = index
+        return index
+
+    def _truncate_from(self, index: int) -> None:
+        assert index > self.commit_index, "never truncate committed entries"
+        del self.log[index - self.snap_index - 1:]
+        self.stable_index = min(self.stable_index, index - 1)
+        if self._unstable_from is not None and self._unstable_from > index:
+            self._unstable_from = index
+
+    # ----------------------------------------------------------------- role changes
+    def _set_term(self, term: int) -> None:
+        if term != self.term:
+            self.term = term
+            self.voted_for = None
+            self._hs_dirty = True
+
+    def _become_follower(self, term: int, leader: str | None) -> None:
+        was_leader = self.role == LEADER
+        self._set_term(term)
+        self.role = FOLLOWER
+        self.leader_id = leader
+        self.election_deadline = self.now + self._random_timeout()
+        if was_leader:
+            self._reads_failed.extend(r[0] for r in self.pending_reads)
+            self.pending_reads.clear()
+
+    def _start_election(self) -> None:
+        self._set_term(self.term + 1)
+        self.role = CANDIDATE
+        self.leader_id = None
+        self.voted_for = self.id
+        self._hs_dirty = True
+        self.votes = {self.id}
+        self.election_deadline = self.now + self._random_timeout()
+        if len(self.votes) >= self.quorum():
+            self._become_leader()
+            return
+        for peer in self.peers:
+            self._send(peer, {"type": VOTE_REQ, "last_index": self.last_index(),
+                              "last_term": self.last_term()})
+
+    def _become_leader(self) -> None:
+        self.role = LEADER
+        self.leader_id = self.id
+        self.leader_since = self.now
+        last = self.last_index()
+        for peer in self.peers:
+            self.next_index[peer] = last + 1
+            self.match_index[peer] = 0
+            self.inflight_since[peer] = None
+            self.last_ack[peer] = self.now
+            self.acked_seq[peer] = 0
+        self.seq = 0
+        self.pending_reads = []
+        # A no-op of the new term lets the leader commit earlier-term entries and serve reads.
+        self.noop_index = self._append(self.term, NOOP)
+        self.next_heartbeat = self.now  # announce ourselves at once
+        self._maybe_commit()
+
+    # ----------------------------------------------------------------- inputs
+    def tick(self, now: float) -> None:
+        self.now = now
+        if self.role == LEADER:
+            # Check quorum: a leader cut off from a majority steps down rather than linger.
+            if now - self.leader_since >= self.election_timeout:
+                recent = 1 + sum(1 for p in self.peers if now - self.last_ack[p] < self.election_timeout)
+                if recent < self.quorum():
+                    self._become_follower(self.term, None)
+                    return
+            retry_after = max(2 * self.heartbeat_interval, self.election_timeout / 2)
+            for peer in self.peers:
+                since = self.inflight_since[peer]
+                if since is not None and now - since >= retry_after:
+                    self.inflight_since[peer] = None  # presumed lost; send again
+            if now >= self.next_heartbeat:
+                self.next_heartbeat = now + self.heartbeat_interval
+                self._broadcast(heartbeat=True)
+        elif now >= self.election_deadline:
+            self._start_election()
+
+    def propose(self, command: Any) -> tuple[int, int]:
+        """Append a command to the leader's log; returns (index, term). Raises NotLeader."""
+        if self.role != LEADER:
+            raise NotLeader(self.leader_id)
+        index = self._append(self.term, command)
+        return index, self.term  # sent by the next ready(), batched with its neighbours
+
+    def read_index(self, read_id: Any) -> None:
+        """Ask for a linearizable read point. Answered in ready.reads or ready.failed_reads."""
+        if self.role != LEADER:
+            raise NotLeader(self.leader_id)
+        self.seq += 1
+        self.pending_reads.append((read_id, self.seq, self.commit_index))
+        self._broadcast(heartbeat=True)
+        self._release_reads()
+
+    def step(self, msg: dict) -> None:
+        sender = msg.get("from")
+        if sender not in self.peers:
+            return
+        mtype = msg.get("type")
+        if msg["term"] > self.term:
+            leader = sender if mtype in (APPEND_REQ, SNAP_REQ) else None
+            self._become_follower(msg["term"], leader)
+        if mtype == VOTE_REQ:
+            self._on_vote_req(msg)
+        elif mtype == VOTE_RESP:
+            self._on_vote_resp(msg)
+        elif mtype == APPEND_REQ:
+            self._on_append_req(msg)
+        elif mtype == APPEND_RESP:
+            self._on_append_resp(msg)
+        elif mtype == SNAP_REQ:
+            self._on_snap_req(msg)
+        elif mtype == SNAP_RESP:
+            self._on_snap_resp(msg)
+
+    def compact(self, index: int, term: int) -> None:
+        """The runtime durably stored a snapshot covering the log up to `index`."""
+        if index <= self.snap_index or index > self.applied_handed:
+            return
+        assert self.term_at(index) == term, "snapshot term must match the log"
+        del self.log[:index - self.snap_index]
+        self.snap_index, self.snap_term = index, term
+
+    # ----------------------------------------------------------------- output
+    def ready(self) -> Ready:
+        rd = Ready()
+        if self._hs_dirty:
+            rd.hard_state = (self.term, self.voted_for)
+        if self._snapshot_in is not None:
+            rd.snapshot = self._snapshot_in
+        if self._unstable_from is not None:
+            rd.entries = [(i, *self.entry(i)) for i in range(self._unstable_from, self.last_index() + 1)]
+        if self.role == LEADER:
+            self._broadcast(heartbeat=False)
+        rd.messages, self._out = self._out, []
+        upto = min(self.commit_index, self.stable_index)
+        if upto > self.applied_handed:
+            rd.committed = [(i, *self.entry(i)) for i in range(self.applied_handed + 1, upto + 1)]
+        rd.reads, self._reads_done = self._reads_done, []
+        rd.failed_reads, self._reads_failed = self._reads_failed, []
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The runtime persisted `rd` (and handed its committed entries to the state machine)."""
+        self._hs_dirty = self._hs_dirty and rd.hard_state != (self.term, self.voted_for)
+        if rd.snapshot is not None and self._snapshot_in is rd.snapshot:
+            self._snapshot_in = None
+        if rd.entries:
+            last_written = rd.entries[-1][0]
+            # Only entries still in the log with the same term count as stable.
+            first = rd.entries[0][0]
+            if self.term_at(last_written) == rd.entries[-1][1] and self.stable_index >= first - 1:
+                self.stable_index = max(self.stable_index, last_written)
+            if self._unstable_from is not None and self._unstable_from >= first:
+                self._unstable_from = None if last_written >= self.last_index() else last_written + 1
+        if rd.committed:
+            self.applied_handed = max(self.applied_handed, rd.committed[-1][0])
+        if self.role == LEADER:
+            self._maybe_commit()
+
+    # ----------------------------------------------------------------- handlers
+    def _send(self, to: str, msg: dict) -> None:
+        msg["from"] = self.id
+        msg["to"] = to
+        msg["term"] = self.term
+        self._out.append(msg)
+
+    def _reply(self, req: dict, msg: dict) -> None:
+        msg["rid"] = req.get("rid")
+        self._send(req["from"], msg)
+
+    def _on_vote_req(self, msg: dict) -> None:
+        up_to_date = (msg["last_term"], msg["last_index"]) >= (self.last_term(), self.last_index())
+        grant = (msg["term"] == self.term and self.voted_for in (None, msg["from"]) and up_to_date)
+        if grant:
+            if self.voted_for != msg["from"]:
+                self.voted_for = msg["from"]
+                self._hs_dirty = True
+            self.election_deadline = self.now + self._random_timeout()
+        self._reply(msg, {"type": VOTE_RESP, "granted": grant})
+
+    def _on_vote_resp(self, msg: dict) -> None:
+        if self.role != CANDIDATE or msg["term"] != self.term or not msg["granted"]:
+            return
+        self.votes.add(msg["from"])
+        if len(self.votes) >= self.quorum():
+            self._become_leader()
+
+    def _on_append_req(self, msg: dict) -> None:
+        if msg["term"] < self.term:
+            self._reply(msg, {"type": APPEND_RESP, "success": False, "hint": 0,
+                              "match": 0, "seq": msg.get("seq", 0)})
+            return
+        # Same term: the sender is the one leader of this term.
+        if self.role != FOLLOWER or self.leader_id != msg["from"]:
+            self._become_follower(self.term, msg["from"])
+        self.election_deadline = self.now + self._random_timeout()
+
+        prev_index, prev_term = msg["prev_index"], msg["prev_term"]
+        entries = msg["entries"]  # list of [term, command]
+        if prev_index < self.snap_index:
+            # Entries up to our snapshot are committed, hence identical to the leader's: skip them.
+            skip = self.snap_index - prev_index
+            if skip > len(entries):
+                self._reply(msg, {"type": APPEND_RESP, "success": True, "match": self.snap_index,
+                                  "hint": 0, "seq": msg.get("seq", 0)})
+                return
+            entries = entries[skip:]
+            prev_index, prev_term = self.snap_index, self.snap_term
+        local_prev_term = self.term_at(prev_index)
+        if local_prev_term != prev_term:
+            if local_prev_term is None:
+                hint = self.last_index() + 1
+            else:
+                hint = prev_index
+                while hint - 1 > max(self.snap_index, self.commit_index) and self.term_at(hint - 1) == local_prev_term:
+                    hint -= 1
+            self._reply(msg, {"type": APPEND_RESP, "success": False, "hint": hint, "match": 0,
+                              "seq": msg.get("seq", 0)})
+            return
+        index = prev_index
+        for term, command in entries:
+            index += 1
+            existing = self.term_at(index)
+            if existing == term:
+                continue
+            if existing is not None:
+                self._truncate_from(index)
+            self._append(term, command)
+        last_new = prev_index + len(entries)
+        if msg["commit"] > self.commit_index:
+            self.commit_index = max(self.commit_index, min(msg["commit"], last_new))
+        self._reply(msg, {"type": APPEND_RESP, "success": True, "match": last_new, "hint": 0,
+                          "seq": msg.get("seq", 0)})
+
+    def _on_append_resp(self, msg: dict) -> None:
+        if self.role != LEADER or msg["term"] != self.term:
+            return
+        peer = msg["from"]
+        self.inflight_since[peer] = None
+        self.last_ack[peer] = self.now
+        self.acked_seq[peer] = max(self.acked_seq[peer], msg.get("seq", 0))
+        if msg["success"]:
+            if msg["match"] > self.match_index[peer]:
+                self.match_index[peer] = msg["match"]
+            self.next_index[peer] = max(self.next_index[peer], self.match_index[peer] + 1)
+            self._maybe_commit()
+        else:
+            self.next_index[peer] = max(self.match_index[peer] + 1,
+                                        min(self.next_index[peer] - 1, msg["hint"] or self.next_index[peer] - 1))
+        self._release_reads()
+        self._send_append(peer, heartbeat=False)
+
+    def _on_snap_req(self, msg: dict) -> None:
+        if msg["term"] < self.term:
+            self._reply(msg, {"type": SNAP_RESP, "match": 0, "seq": msg.get("seq", 0)})
+            return
+        if self.role != FOLLOWER or self.leader_id != msg["from"]:
+            self._become_follower(self.term, msg["from"])
+        self.election_deadline = self.now + self._random_timeout()
+        index, term = msg["last_index"], msg["last_term"]
+        if index > self.commit_index:
+            # Replace our state with the snapshot; any log we hold is superseded.
+            self.log = []
+            self.snap_index, self.snap_term = index, term
+            self.commit_index = self.applied_handed = self.stable_index = index
+            self._unstable_from = None
+            self._snapshot_in = msg
+        # Either way our log now matches the leader's up to `index` (committed entries agree).
+        self._reply(msg, {"type": SNAP_RESP, "match": index, "seq": msg.get("seq", 0)})
+
+    def _on_snap_resp(self, msg: dict) -> None:
+        if self.role != LEADER or msg["term"] != self.term:
+            return
+        peer = msg["from"]
+        self.inflight_since[peer] = None
+        self.last_ack[peer] = self.now
+        self.acked_seq[peer] = max(self.acked_seq[peer], msg.get("seq", 0))
+        if msg["match"] > self.match_index[peer]:
+            self.match_index[peer] = msg["match"]
+        self.next_index[peer] = max(self.next_index[peer], self.match_index[peer] + 1)
+        self._maybe_commit()
+        self._release_reads()
+        self._send_append(peer, heartbeat=False)
+
+    # ----------------------------------------------------------------- leader internals
+    def _broadcast(self, heartbeat: bool) -> None:
+        for peer in self.peers:
+            self._send_append(peer, heartbeat)
+
+    def _send_append(self, peer: str, heartbeat: bool) -> None:
+        """Send the peer what it lacks. One request in flight per peer: entries proposed
+        meanwhile ride on the next request (batching)."""
+        if self.role != LEADER or self.inflight_since[peer] is not None:
+            return
+        nxt = self.next_index[peer]
+        needs_read_ack = any(req > self.acked_seq[peer] for _, req, _ in self.pending_reads)
+        if nxt > self.last_index() and not heartbeat and not needs_read_ack:
+            return
+        self.inflight_since[peer] = self.now
+        self._rid += 1
+        if nxt <= self.snap_index:
+            self._send(peer, {"type": SNAP_REQ, "last_index": self.snap_index,
+                              "last_term": self.snap_term, "seq": self.seq, "rid": self._rid})
+            return
+        prev = nxt - 1
+        upto = min(self.last_index(), prev + MAX_BATCH)
+        entries = [list(self.entry(i)) for i in range(nxt, upto + 1)]
+        self._send(peer, {"type": APPEND_REQ, "prev_index": prev, "prev_term": self.term_at(prev),
+                          "entries": entries, "commit": self.commit_index, "seq": self.seq,
+                          "rid": self._rid})
+
+    def _maybe_commit(self) -> None:
+        if self.role != LEADER:
+            return
+        matches = sorted([self.stable_index] + [self.match_index[p] for p in self.peers], reverse=True)
+        candidate = matches[self.quorum() - 1]
+        # Only entries of the current term are committed by counting replicas (Raft §5.4.2).
+        if candidate > self.commit_index and self.term_at(candidate) == self.term:
+            self.commit_index = candidate
+            self._release_reads()
+
+    def _release_reads(self) -> None:
+        if self.role != LEADER or not self.pending_reads or self.commit_index < self.noop_index:
+            return
+        still = []
+        for read_id, required, index in self.pending_reads:
+            acks = 1 + sum(1 for p in self.peers if self.acked_seq[p] >= required)
+            if acks >= self.quorum():
+                self._reads_done.append((read_id, max(index, self.noop_index)))
+            else:
+                still.append((read_id, required, index))
+        self.pending_reads = still

@@ -1,0 +1,78 @@
+"""The replicated state machine: tasks and legacy key-values.
+
+`apply` is deterministic: ids and timestamps are inside the command, chosen once by the
+leader before proposing, so every replica computes identical state. Task dicts are never
+mutated in place (an update stores a new dict), so a shallow copy is a consistent snapshot.
+Readers on other threads take `lock`; only the apply thread writes.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import Any
+
+
+class TaskStateMachine:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.tasks: dict[str, dict] = {}  # insertion order == creation order
+        self.kv: dict[str, Any] = {}
+        self.applied_index = 0
+        self.applied_term = 0
+
+    # ------------------------------------------------------------- writes (apply thread only)
+    def apply(self, index: int, term: int, command: dict) -> tuple[int, Any]:
+        """Apply one committed command; returns (http_status, body) for the client that proposed it."""
+        with self.lock:
+            self.applied_index, self.applied_term = index, term
+            op = command.get("op")
+            if op == "create":
+                task = command["task"]
+                self.tasks[task["id"]] = task
+                return 201, task
+            if op == "update":
+                old = self.tasks.get(command["id"])
+                if old is None:
+                    return 404, {"error": "not_found", "message": f"task {command['id']} does not exist"}
+                new = {**old, **command["fields"], "updated_at": command["updated_at"],
+                       "version": old["version"] + 1}
+                self.tasks[command["id"]] = new
+                return 200, new
+            if op == "delete":
+                if self.tasks.pop(command["id"], None) is None:
+                    return 404, {"error": "not_found", "message": f"task {command['id']} does not exist"}
+                return 200, {"deleted": command["id"]}
+            if op == "set":
+                self.kv[command["key"]] = command["value"]
+                return 200, {"key": command["key"], "value": command["value"]}
+            return 200, None  # noop
+
+    def snapshot(self) -> tuple[int, int, dict]:
+        with self.lock:
+            return self.applied_index, self.applied_term, {"tasks": dict(self.tasks), "kv": dict(self.kv)}
+
+    def restore(self, index: int, term: int, state: dict | None) -> None:
+        with self.lock:
+            state = state or {}
+            self.tasks = dict(state.get("tasks", {}))
+            self.kv = dict(state.get("kv", {}))
+            self.applied_index, self.applied_term = index, term
+
+    # ------------------------------------------------------------- reads (any thread)
+    def list_tasks(self, limit: int | None, offset: int) -> tuple[list[dict], int]:
+        with self.lock:
+            newest_first = reversed(self.tasks.values())
+            stop = None if limit is None else offset + limit
+            return list(itertools.islice(newest_first, offset, stop)), len(self.tasks)
+
+    def get_task(self, task_id: str) -> dict | None:
+        with self.lock:
+            return self.tasks.get(task_id)
+
+    def all_kv(self) -> dict:
+        with self.lock:
+            return dict(self.kv)
+
+    def get_kv(self, key: str, default=None):
+        with self.lock:
+            return self.kv.get(key, default)
