@@ -1,0 +1,93 @@
+"""run_cluster.sh as a user runs it: start, status, start twice, busy port, stop."""
+import os
+import shutil
+import socket
+import subprocess
+
+import pytest
+import requests
+
+from harness import ROOT, free_ports, wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+def consecutive_free_ports(n):
+    for _ in range(50):
+        base = free_ports(1)[0]
+        if base + n > 65000:
+            continue
+        try:
+            socks = []
+            for p in range(base, base + n):
+                s = socket.socket()
+                s.bind(("127.0.0.1", p))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range")
+
+
+@pytest.fixture
+def checkout(tmp_path):
+    """A copy of the scripts in a temporary directory, sharing the project's virtual environment."""
+    for name in os.listdir(ROOT):
+        if name.endswith(".py") or name in ("run_cluster.sh", "requirements.txt"):
+            shutil.copy(os.path.join(ROOT, name), tmp_path / name)
+    shutil.copytree(os.path.join(ROOT, "examples"), tmp_path / "examples")
+    os.symlink(os.path.join(ROOT, ".venv"), tmp_path / ".venv")
+    yield tmp_path
+    subprocess.run(["./run_cluster.sh", "stop"], cwd=tmp_path, capture_output=True, timeout=60)
+
+
+def run(checkout, *args, timeout=120):
+    return subprocess.run(["./run_cluster.sh", *args], cwd=checkout, capture_output=True, text=True, timeout=timeout)
+
+
+def test_start_status_twice_stop(checkout):
+    base = consecutive_free_ports(3)
+    r = run(checkout, "--base-port", str(base), "--heartbeat-interval", "0.1", "--election-timeout", "0.6")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for port in range(base, base + 3):
+        assert f"http://127.0.0.1:{port}/" in r.stdout
+        assert (checkout / "logs" / f"node_{port}.log").exists()
+    status = run(checkout, "status").stdout
+    assert status.count("leader    term=") == 1 and status.count("follower") == 2
+    # The nodes share a generated secret: internal endpoints refuse strangers.
+    assert requests.post(f"http://127.0.0.1:{base}/raft/vote", json={}, timeout=5).status_code == 401
+    r = requests.post(f"http://127.0.0.1:{base + 1}/tasks", json={"title": "via script"}, timeout=10)
+    assert r.status_code == 201
+
+    again = run(checkout, "--base-port", str(base))
+    assert again.returncode == 1 and "already running" in again.stderr
+
+    r = run(checkout, "stop")
+    assert r.returncode == 0 and "stopped" in r.stdout
+    wait_for(lambda: "down" in run(checkout, "status").stdout, 10, "nodes to be down")
+    assert run(checkout, "status").stdout.count("down") == 3
+
+
+def test_busy_port_starts_nothing(checkout):
+    base = consecutive_free_ports(3)
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", base + 2))
+    blocker.listen()
+    try:
+        r = run(checkout, "--base-port", str(base), "--nodes", "3")
+        assert r.returncode == 1 and f"Port {base + 2} is already in use" in r.stderr
+        assert not list(checkout.glob(".cluster/node_*.pid"))
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{base}/health", timeout=2)
+    finally:
+        blocker.close()
+
+
+def test_bad_options_are_reported(checkout):
+    r = run(checkout, "--nodes", "zero")
+    assert r.returncode == 2 and "--nodes" in r.stderr
+    r = run(checkout, "--frobnicate")
+    assert r.returncode == 2 and "Unknown option" in r.stderr
