@@ -399,8 +399,13 @@ class RaftCore:
             self._become_follower(self.term, msg["from"])
         self.election_deadline = self.now + self._random_timeout()
         index, term = msg["last_index"], msg["last_term"]
-        if index > self.commit_index:
-            # Replace our state with the snapshot; any log we hold is superseded.
+        if index > self.commit_index and self.term_at(index) == term:
+            # Our log already holds the snapshot's last entry, so it matches the leader's up to
+            # there: keep it (entries after it may have been acknowledged) and commit up to it.
+            self.commit_index = index
+        elif index > self.commit_index:
+            # Our log diverges from or falls short of the snapshot: it is replaced whole. (Nothing
+            # after `index` can have been acknowledged to this leader, or the terms would match.)
             self.log = []
             self.snap_index, self.snap_term = index, term
             self.commit_index = self.applied_handed = self.stable_index = index

@@ -242,7 +242,7 @@ class Simulation:
                 self.reads[self.next_cmd] = self.max_acked
                 node.core.read_index(self.next_cmd)
 
-    def step(self, faults: bool) -> None:
+    def step(self, faults: bool, clients: bool = True) -> None:
         self.now += DT
         if faults:
             self.fault_step()
@@ -250,7 +250,8 @@ class Simulation:
             if node.up:
                 node.core.tick(self.now)
                 self.observe(node)
-        self.client_step()
+        if clients:
+            self.client_step()
         self.deliver_due()
         for node in self.nodes.values():
             if node.up:
@@ -266,7 +267,8 @@ class Simulation:
             self.step(self.faults)
             if i % 25 == 0:
                 self.check_log_matching()
-        # Heal everything and demand progress: a leader, and every node caught up with it.
+        # Heal everything, stop the clients and demand progress: one leader that has committed
+        # an entry of its term, and every node caught up with it.
         self.cut = set()
         self.p_drop = self.p_dup = 0.0
         for node in self.nodes.values():
@@ -275,7 +277,7 @@ class Simulation:
         self.events.append(f"t={self.now:.2f} heal all")
         deadline = self.now + 20 * ELECTION
         while self.now < deadline:
-            self.step(False)
+            self.step(faults=False, clients=False)
             leaders = [n for n in self.nodes.values() if n.core.role == LEADER]
             if len(leaders) == 1 and leaders[0].core.commit_index >= leaders[0].core.noop_index > 0:
                 top = leaders[0].core.commit_index
