@@ -1,0 +1,153 @@
+"""Focused scenarios for the pure core, each pinned to one rule of the Raft paper."""
+import random
+
+import pytest
+
+from raft_core import APPEND_REQ, APPEND_RESP, LEADER, SNAP_REQ, VOTE_REQ, NotLeader, RaftCore
+
+PEERS = ["a", "b", "c"]
+
+
+def core(node_id, now=0.0, **kw):
+    return RaftCore(node_id, PEERS, election_timeout=1.0, heartbeat_interval=0.2, now=now,
+                    rng=random.Random(1), **kw)
+
+
+def persist(c):
+    """Pretend the runtime persisted a ready; return its messages."""
+    rd = c.ready()
+    c.advance(rd)
+    return rd
+
+
+def elect(c, voters):
+    c.tick(5.0)
+    rd = persist(c)
+    votes = [m for m in rd.messages if m["type"] == VOTE_REQ]
+    for v in voters:
+        c.step({"type": "vote_resp", "from": v, "to": c.id, "term": c.term, "granted": True,
+                "rid": None})
+    assert c.role == LEADER
+    persist(c)
+    return votes
+
+
+def append(leader_term, frm, prev, prev_term, entries, commit=0, rid=1):
+    return {"type": APPEND_REQ, "from": frm, "to": "b", "term": leader_term, "prev_index": prev,
+            "prev_term": prev_term, "entries": entries, "commit": commit, "seq": 0, "rid": rid}
+
+
+def test_vote_is_durable_before_the_request_leaves():
+    c = core("a")
+    c.tick(5.0)
+    rd = c.ready()
+    assert rd.hard_state == (1, "a")
+    assert {m["to"] for m in rd.messages if m["type"] == VOTE_REQ} == {"b", "c"}
+
+
+def test_one_vote_per_term_and_only_for_up_to_date_logs():
+    c = core("b", entries=[(1, {"op": "x"}), (2, {"op": "y"})])
+    c.step({"type": VOTE_REQ, "from": "a", "to": "b", "term": 3, "last_index": 1, "last_term": 2, "rid": 1})
+    resp = persist(c).messages[-1]
+    assert resp["granted"] is False  # shorter log, same last term
+    c.step({"type": VOTE_REQ, "from": "c", "to": "b", "term": 3, "last_index": 2, "last_term": 2, "rid": 2})
+    rd = persist(c)
+    assert rd.messages[-1]["granted"] is True and rd.hard_state == (3, "c")
+    c.step({"type": VOTE_REQ, "from": "a", "to": "b", "term": 3, "last_index": 9, "last_term": 3, "rid": 3})
+    assert persist(c).messages[-1]["granted"] is False  # already voted for c in term 3
+
+
+def test_higher_term_makes_a_leader_step_down():
+    c = core("a")
+    elect(c, ["b"])
+    c.step({"type": APPEND_RESP, "from": "b", "to": "a", "term": 7, "success": False, "match": 0,
+            "hint": 0, "seq": 0, "rid": 1})
+    assert c.role == "follower" and c.term == 7 and c.voted_for is None
+    with pytest.raises(NotLeader):
+        c.propose({"op": "x"})
+
+
+def test_conflicting_suffix_is_truncated_but_never_committed_entries():
+    c = core("b", entries=[(1, "e1"), (1, "e2"), (1, "e3")], term=1)
+    c.step(append(2, "a", 1, 1, [[2, {"op": "new"}]], commit=1))
+    rd = persist(c)
+    assert [t for t, _ in c.log] == [1, 2] and rd.entries == [(2, 2, {"op": "new"})]
+    assert rd.messages[-1]["success"] and rd.messages[-1]["match"] == 2
+
+
+def test_log_mismatch_is_refused_with_a_hint():
+    c = core("b", entries=[(1, "e1"), (1, "e2")], term=1)
+    c.step(append(2, "a", 5, 2, []))
+    resp = persist(c).messages[-1]
+    assert resp["success"] is False and resp["hint"] == 3
+
+
+def test_leader_commits_only_current_term_entries_by_counting():
+    """Raft §5.4.2 (Figure 8): an old-term entry on a majority is not committed by itself."""
+    c = core("a", term=2, entries=[(1, {"op": "old"})])
+    elect(c, ["b"])  # term 3, appends its no-op at index 2
+    noop_index = c.last_index()
+    c.step({"type": APPEND_RESP, "from": "b", "to": "a", "term": c.term, "success": True,
+            "match": 1, "hint": 0, "seq": 0, "rid": 1})
+    assert c.commit_index == 0  # index 1 (term 1) on a majority is not enough
+    c.step({"type": APPEND_RESP, "from": "b", "to": "a", "term": c.term, "success": True,
+            "match": noop_index, "hint": 0, "seq": 0, "rid": 2})
+    assert c.commit_index == noop_index
+
+
+def test_leader_counts_itself_only_after_its_own_fsync():
+    c = core("a")
+    elect(c, ["b"])
+    index, _ = c.propose({"op": "w"})
+    rd = c.ready()  # handed to the runtime, not yet persisted
+    c.step({"type": APPEND_RESP, "from": "b", "to": "a", "term": c.term, "success": True,
+            "match": index, "hint": 0, "seq": 0, "rid": 2})
+    assert c.commit_index < index  # one follower alone is not a majority of three
+    c.advance(rd)
+    assert c.commit_index == index
+
+
+def test_snapshot_matching_our_log_keeps_acknowledged_entries():
+    """Regression (simulator seed 4195): a delayed InstallSnapshot must not erase entries after it."""
+    c = core("b", term=1, entries=[(1, {"op": str(i)}) for i in range(10)])
+    c.step({"type": SNAP_REQ, "from": "a", "to": "b", "term": 1, "last_index": 7, "last_term": 1,
+            "seq": 0, "rid": 1, "data": {}})
+    rd = persist(c)
+    assert rd.snapshot is None and c.last_index() == 10 and c.commit_index == 7
+    assert rd.messages[-1]["match"] == 7
+
+
+def test_snapshot_replaces_a_divergent_log():
+    c = core("b", term=1, entries=[(1, "x"), (1, "y")])
+    c.step({"type": SNAP_REQ, "from": "a", "to": "b", "term": 2, "last_index": 5, "last_term": 2,
+            "seq": 0, "rid": 1, "data": {"state": 1}})
+    rd = persist(c)
+    assert rd.snapshot is not None and c.last_index() == 5 and c.log == [] and c.commit_index == 5
+
+
+def test_read_index_needs_a_fresh_majority_round():
+    c = core("a")
+    elect(c, ["b"])
+    c.step({"type": APPEND_RESP, "from": "b", "to": "a", "term": c.term, "success": True,
+            "match": c.last_index(), "hint": 0, "seq": 0, "rid": 1})
+    persist(c)
+    c.read_index("r1")
+    rd = persist(c)
+    assert rd.reads == []
+    seq = max(m["seq"] for m in rd.messages if m["type"] == APPEND_REQ)
+    # An old acknowledgement (lower seq) does not confirm leadership for this read.
+    c.step({"type": APPEND_RESP, "from": "b", "to": "a", "term": c.term, "success": True,
+            "match": c.last_index(), "hint": 0, "seq": seq - 1, "rid": 2})
+    assert persist(c).reads == []
+    c.step({"type": APPEND_RESP, "from": "c", "to": "a", "term": c.term, "success": True,
+            "match": c.last_index(), "hint": 0, "seq": seq, "rid": 3})
+    assert persist(c).reads == [("r1", c.commit_index)]
+
+
+def test_leader_cut_off_from_the_majority_steps_down():
+    c = core("a")
+    elect(c, ["b"])
+    c.tick(5.5)
+    assert c.role == LEADER
+    c.tick(6.1)  # more than an election timeout without a reply from anyone
+    assert c.role == "follower" and c.leader_id is None
