@@ -186,8 +186,14 @@ class Node:
         for t in self.threads:
             t.start()
 
-    def stop(self) -> None:
+    def begin_shutdown(self) -> None:
+        """Stop accepting work and wake long-lived event streams, so the server can drain fast."""
         self.stopping.set()
+        with self.changes:
+            self.changes.notify_all()
+
+    def stop(self) -> None:
+        self.begin_shutdown()
         self.events.put(("stop",))
         self.apply_queue.put(("stop",))
         for t in self.threads:

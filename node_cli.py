@@ -94,6 +94,7 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
     except KeyboardInterrupt:
         pass
     finally:
+        node.begin_shutdown()
         server.close()
         node.stop()
         logging.getLogger("pickledb_cluster.node").info("node %s stopped", config.url)

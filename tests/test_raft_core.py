@@ -151,3 +151,11 @@ def test_leader_cut_off_from_the_majority_steps_down():
     assert c.role == LEADER
     c.tick(6.1)  # more than an election timeout without a reply from anyone
     assert c.role == "follower" and c.leader_id is None
+
+
+def test_follower_commits_only_what_the_leader_has_verified():
+    """Entries past the checked prefix may be stale: the commit index stops at the last verified entry."""
+    c = core("b", term=1, entries=[(1, "x"), (1, "stale-y"), (1, "stale-z")])
+    c.step(append(2, "a", 1, 1, [], commit=3))
+    persist(c)
+    assert c.commit_index == 1
