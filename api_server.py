@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 
 import orjson
 import requests
+import urllib3
 from flask import Flask, Response, request, send_file
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
@@ -30,6 +31,7 @@ MAX_KEY = 500
 MAX_PAGE = 10_000
 TASK_FIELDS = {"title", "description", "completed"}
 FORWARDED_HEADER = "X-PickleDB-Forwarded"
+FORWARD_POOL = 16  # connections from this node to the leader for forwarded requests
 SSE_MAX_STREAMS = 16
 SSE_STREAM_SECONDS = 30
 SSE_KEEPALIVE_SECONDS = 10
@@ -47,6 +49,14 @@ def json_response(body, status: int = 200, headers: dict | None = None) -> Respo
 def error(status: int, code: str, message: str, retry_after: float | None = None) -> Response:
     headers = {"Retry-After": str(int(max(1, retry_after)))} if retry_after else None
     return json_response({"error": code, "message": message}, status, headers)
+
+
+def never_sent(exc: requests.RequestException) -> bool:
+    """True only when the request certainly did not reach the server (the connection failed)."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
 class BadRequest(Exception):
@@ -149,14 +159,14 @@ def create_app(node: Node) -> Flask:
         origins.add(url.replace("://127.0.0.1:", "://localhost:"))
         origins.add(url.replace("://localhost:", "://127.0.0.1:"))
     CORS(app, origins=sorted(origins), expose_headers=["Retry-After"])
-    local = threading.local()
+    # One bounded, shared keep-alive pool: per-thread sessions would open one connection per
+    # server thread to the leader and exhaust its connection limit.
+    peers_http = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=max(1, len(node.config.peers)),
+                                            pool_maxsize=FORWARD_POOL, pool_block=True)
+    peers_http.mount("http://", adapter)
     status_pool = ThreadPoolExecutor(max_workers=max(1, len(node.config.peers)), thread_name_prefix="status")
     sse_slots = threading.BoundedSemaphore(SSE_MAX_STREAMS)
-
-    def session() -> requests.Session:
-        if not hasattr(local, "session"):
-            local.session = requests.Session()
-        return local.session
 
     # -------------------------------------------------------------- errors
     @app.errorhandler(BadRequest)
@@ -185,11 +195,16 @@ def create_app(node: Node) -> Flask:
             raise no_leader()
         target = node.routes.get(leader, leader) + request.full_path.rstrip("?")
         try:
-            resp = session().request(request.method, target, data=request.get_data(cache=True),
-                                     headers={"Content-Type": "application/json", FORWARDED_HEADER: node.id},
-                                     timeout=node.request_timeout + 2)
-        except requests.RequestException:
-            raise ClientError(503, "no_leader", f"the leader {leader} is unreachable; retry shortly", retry_after=1)
+            resp = peers_http.request(request.method, target, data=request.get_data(cache=True),
+                                      headers={"Content-Type": "application/json", FORWARDED_HEADER: node.id},
+                                      timeout=node.request_timeout + 2)
+        except requests.RequestException as exc:
+            if request.method == "GET" or never_sent(exc):
+                raise ClientError(503, "no_leader", f"the leader {leader} is unreachable; retry shortly",
+                                  retry_after=1)
+            # The leader may have received and applied it before the connection broke.
+            raise ClientError(503, "unknown_outcome", f"lost the connection to the leader {leader}; "
+                              "the write may or may not have been applied", retry_after=1)
         headers = {k: v for k, v in resp.headers.items() if k in ("Retry-After",)}
         return Response(resp.content, status=resp.status_code, headers=headers,
                         mimetype=resp.headers.get("Content-Type", "application/json"))
@@ -299,7 +314,7 @@ def create_app(node: Node) -> Flask:
 
         def fetch(peer):
             try:
-                resp = session().get(node.routes.get(peer, peer) + "/status",
+                resp = peers_http.get(node.routes.get(peer, peer) + "/status",
                                      timeout=max(0.3, min(1.0, node.config.election_timeout)))
                 return resp.json() if resp.status_code == 200 else None
             except (requests.RequestException, ValueError):

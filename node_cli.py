@@ -12,6 +12,7 @@ from waitress import create_server
 
 DEFAULT_PORTS = (4000, 4001, 4002)
 SERVER_THREADS = 48  # client requests block while their write commits; SSE streams hold one each
+CONNECTION_LIMIT = 500  # clients, peers' forwarding pools and SSE streams; waitress's default is 100
 
 
 def is_loopback(host: str) -> bool:
@@ -77,7 +78,7 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
         return 2
     try:
         server = create_server(create_app(node), host=args.host, port=args.port, threads=SERVER_THREADS,
-                               channel_timeout=60, ident="pickledb-cluster")
+                               connection_limit=CONNECTION_LIMIT, channel_timeout=60, ident="pickledb-cluster")
     except OSError as exc:
         node.storage.close()
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)

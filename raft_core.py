@@ -246,12 +246,10 @@ class RaftCore:
             self._on_vote_resp(msg)
         elif mtype == APPEND_REQ:
             self._on_append_req(msg)
-        elif mtype == APPEND_RESP:
+        elif mtype in (APPEND_RESP, SNAP_RESP):
             self._on_append_resp(msg)
         elif mtype == SNAP_REQ:
             self._on_snap_req(msg)
-        elif mtype == SNAP_RESP:
-            self._on_snap_resp(msg)
 
     def compact(self, index: int, term: int) -> None:
         """The runtime durably stored a snapshot covering the log up to `index`."""
@@ -374,6 +372,7 @@ class RaftCore:
                           "seq": msg.get("seq", 0)})
 
     def _on_append_resp(self, msg: dict) -> None:
+        """Also handles InstallSnapshot replies: a successful one is a match at the snapshot index."""
         if self.role != LEADER or msg["term"] != self.term:
             return
         peer = msg["from"]
@@ -393,7 +392,8 @@ class RaftCore:
 
     def _on_snap_req(self, msg: dict) -> None:
         if msg["term"] < self.term:
-            self._reply(msg, {"type": SNAP_RESP, "match": 0, "seq": msg.get("seq", 0)})
+            self._reply(msg, {"type": SNAP_RESP, "success": False, "match": 0, "hint": 0,
+                              "seq": msg.get("seq", 0)})
             return
         if self.role != FOLLOWER or self.leader_id != msg["from"]:
             self._become_follower(self.term, msg["from"])
@@ -412,21 +412,8 @@ class RaftCore:
             self._unstable_from = None
             self._snapshot_in = msg
         # Either way our log now matches the leader's up to `index` (committed entries agree).
-        self._reply(msg, {"type": SNAP_RESP, "match": index, "seq": msg.get("seq", 0)})
-
-    def _on_snap_resp(self, msg: dict) -> None:
-        if self.role != LEADER or msg["term"] != self.term:
-            return
-        peer = msg["from"]
-        self.inflight_since[peer] = None
-        self.last_ack[peer] = self.now
-        self.acked_seq[peer] = max(self.acked_seq[peer], msg.get("seq", 0))
-        if msg["match"] > self.match_index[peer]:
-            self.match_index[peer] = msg["match"]
-        self.next_index[peer] = max(self.next_index[peer], self.match_index[peer] + 1)
-        self._maybe_commit()
-        self._release_reads()
-        self._send_append(peer, heartbeat=False)
+        self._reply(msg, {"type": SNAP_RESP, "success": True, "match": index, "hint": 0,
+                          "seq": msg.get("seq", 0)})
 
     # ----------------------------------------------------------------- leader internals
     def _broadcast(self, heartbeat: bool) -> None:

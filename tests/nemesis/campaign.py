@@ -1,0 +1,477 @@
+"""One nemesis run, the CI campaign, the long campaign, and the command line.
+
+A run: start N nodes behind per-link proxies -> start the workload (8+ clients) and the
+nemesis (seeded schedule) -> after ``duration`` seconds stop both -> heal everything ->
+wait for an agreed leader -> barrier write + final linearizable reads (recorded in the
+history) -> wait until every node's applied index is equal -> snapshot every replica
+(stale reads) -> run the checkers:
+
+  linearizability (per key, /set registers and task descriptions), lost writes, stale
+  reads never showing unwritten values, convergence, one leader per term.
+
+Command line (from the repository root):
+
+  python -m tests.nemesis.campaign                        # the CI campaign (~3 min)
+  python -m tests.nemesis.campaign --long --minutes 30    # random runs for 30 minutes
+  python -m tests.nemesis.campaign --seed 42 --profile partition --nodes 5 --duration 18
+                                                          # replay one run
+  python -m tests.nemesis.campaign --check-history run/history.jsonl   # re-check offline
+
+Every failure prints its seed, the schedule, what the nemesis did, what the checker saw,
+and the replay command; run artefacts (history.jsonl, node logs, report.txt) stay in the
+run's directory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .checkers import (CheckResult, check_convergence, check_lost_writes,
+                       check_one_leader_per_term, check_stale_reads, parse_leader_claims)
+from .cluster import (NemesisCluster, established_connections, http_call,
+                      tail)
+from .history import FAIL, OK, UNKNOWN, History, Op, format_summary, load_history, summarize
+from .linearizability import check_history_linearizable
+from .nemesis import Nemesis
+from .proxy import ProxyNet
+from .schedule import PROFILES, Schedule, make_schedule
+from .workload import Workload, classify, normalize_result
+
+BARRIER_KEY = "__nemesis_barrier__"
+# After healing, a healthy cluster elects a leader and converges in a few seconds; give it
+# this long for each recovery step before reporting NO RECOVERY.
+RECOVERY_TIMEOUT = 20.0
+
+# The bounded CI campaign: (profile, nodes, seconds of faults+workload). About 3 minutes
+# in all on a 2-core machine, including start-up, healing and checking.
+CI_RUNS = (
+    ("kill", 3, 14),
+    ("pause", 3, 14),
+    ("partition", 5, 16),
+    ("crash", 3, 16),
+    ("net", 3, 12),
+    ("mixed", 5, 18),
+)
+
+
+@dataclass
+class RunConfig:
+    seed: int
+    profile: str
+    nodes: int
+    duration: float
+    clients: int = 8
+    workdir: Optional[Path] = None
+
+    def label(self) -> str:
+        return f"{self.profile}-n{self.nodes}-seed{self.seed}"
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    ok: bool
+    schedule: Schedule
+    checks: list = field(default_factory=list)
+    problems: list = field(default_factory=list)     # run-level failures (no recovery...)
+    summary: dict = field(default_factory=dict)
+    nemesis_log: list = field(default_factory=list)
+    workdir: Optional[Path] = None
+    elapsed: float = 0.0
+    report: str = ""
+
+
+def derive_seed(base: int, index: int) -> int:
+    return random.Random(f"{base}/{index}").randrange(1, 10**9)
+
+
+def _final_call(history: History, url: str, f: str, method: str, path: str, body=None,
+                key=None, value=None, consistency=None) -> Op:
+    op = Op(id=history.new_id(), process=-1, f=f, key=key, value=value, node=url,
+            consistency=consistency)
+    op.invoke = history.now()
+    res = http_call(url, method, path, body, timeout=8.0)
+    op.complete = history.now()
+    op.status = res.status
+    read = consistency is not None
+    op.outcome, op.error = classify(res, f, read)
+    if op.outcome == OK:
+        op.result = normalize_result(f, res)
+    history.record(op)
+    return op
+
+
+def _retry(fn, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last is not None and last.outcome == OK:
+            return last
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} did not succeed within {timeout}s; last: "
+                       f"{last.short() if last else None}")
+
+
+def _snapshot_node(url: str) -> Optional[dict]:
+    st = http_call(url, "GET", "/status", timeout=3)
+    tasks = http_call(url, "GET", "/tasks?consistency=stale", timeout=5)
+    jobs = http_call(url, "GET", "/jobs?consistency=stale", timeout=5)
+    st2 = http_call(url, "GET", "/status", timeout=3)
+    if not (st.ok and tasks.ok and jobs.ok and st2.ok):
+        return None
+    if st.body.get("applied_index") != st2.body.get("applied_index"):
+        return None                         # changed while we looked: take it again
+    return {"applied_index": st.body.get("applied_index"), "tasks": tasks.body.get("tasks"),
+            "jobs": jobs.body, "total": tasks.body.get("total")}
+
+
+def converge(cluster: NemesisCluster, timeout: float = 30.0):
+    """Wait (polling) until every node answers with the same applied index equal to the
+    leader's commit index, then snapshot every replica. Returns (snapshots, leader_url,
+    problem or None)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        sts = cluster.statuses(timeout=2.0)
+        lead = cluster.current_leader(sts)
+        last = {cluster.urls[i]: (s.get("role"), s.get("term"), s.get("commit_index"),
+                                  s.get("applied_index")) for i, s in sts.items()}
+        if lead is not None and len(sts) == cluster.n:
+            target = sts[lead].get("commit_index")
+            if all(s.get("applied_index") == target for s in sts.values()):
+                snaps = {}
+                for i in range(cluster.n):
+                    snap = _snapshot_node(cluster.urls[i])
+                    if snap is None:
+                        break
+                    snaps[cluster.urls[i]] = snap
+                if len(snaps) == cluster.n and \
+                        len({s["applied_index"] for s in snaps.values()}) == 1:
+                    return snaps, cluster.urls[lead], None
+        time.sleep(0.1)
+    # Time is up: take what we can, the checker reports the differences.
+    snaps = {}
+    for i in range(cluster.n):
+        snap = _snapshot_node(cluster.urls[i])
+        if snap is not None:
+            snaps[cluster.urls[i]] = snap
+    lead = cluster.current_leader()
+    return (snaps, cluster.urls[lead] if lead is not None else None,
+            f"replicas did not reach equal applied indexes within {timeout}s: {last}")
+
+
+def leader_claims(cluster: NemesisCluster) -> list:
+    claims = []
+    for p in cluster.procs:
+        try:
+            text = p.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        claims += parse_leader_claims(text, p.log_path.name)
+    return claims
+
+
+def check_all(ops: list, final_jobs: Optional[dict], final_tasks: Optional[list],
+              snapshots: Optional[dict], leader: Optional[str], claims: Optional[list]) -> list:
+    checks = []
+    lin = check_history_linearizable(ops)
+    c = CheckResult("linearizability", ok=lin.ok,
+                    info={"keys": lin.checked_keys, "ops": lin.checked_ops,
+                          "undecided": len(lin.undecided)})
+    if not lin.ok:
+        c.errors.append(lin.explain())
+    elif lin.undecided:
+        c.info["note"] = "search budget exhausted on some keys (not a failure)"
+    checks.append(c)
+    if final_jobs is not None and final_tasks is not None:
+        checks.append(check_lost_writes(ops, final_jobs, final_tasks,
+                                        ignore_keys={BARRIER_KEY}))
+    checks.append(check_stale_reads(ops))
+    if snapshots is not None:
+        checks.append(check_convergence(snapshots, leader))
+    if claims is not None:
+        checks.append(check_one_leader_per_term(claims))
+    return checks
+
+
+def proxied_cluster(workdir, n: int, net: ProxyNet, env: Optional[dict] = None
+                    ) -> NemesisCluster:
+    """A (not yet started) cluster whose every directed node-to-node link goes through a
+    proxy of ``net``."""
+    cluster = None
+
+    def env_for(i):
+        e = {"PICKLEDB_PEER_ROUTES": json.dumps(net.routes_for(cluster.urls[i]))}
+        e.update(env or {})
+        return e
+
+    cluster = NemesisCluster(workdir, n, env=env_for)
+    for i, src in enumerate(cluster.urls):
+        for j, dst in enumerate(cluster.urls):
+            if i != j:
+                net.add_link(src, dst, cluster.ports[j])
+    return cluster
+
+
+def run_one(cfg: RunConfig, out=None) -> RunResult:
+    """One complete run. Never raises for product misbehaviour: it is reported in the
+    result (``ok=False``); infrastructure errors inside the run are reported too."""
+    out = out or sys.stdout
+    t_start = time.monotonic()
+    sched = make_schedule(cfg.seed, cfg.profile, cfg.nodes, cfg.duration)
+    workdir = Path(cfg.workdir) if cfg.workdir else Path(
+        tempfile.mkdtemp(prefix=f"nemesis-{cfg.label()}-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    result = RunResult(cfg, ok=False, schedule=sched, workdir=workdir)
+    print(f"[nemesis] run {sched.header()} clients={cfg.clients} dir={workdir}", file=out,
+          flush=True)
+    (workdir / "schedule.txt").write_text(sched.format() + "\n")
+
+    net = ProxyNet(seed=cfg.seed)
+    cluster = None
+    nem = None
+    workload = None
+    history = History(workdir / "history.jsonl")
+    final_jobs = final_tasks = snapshots = leader_url = claims = None
+    try:
+        env = {"PICKLEDB_SNAPSHOT_EVERY": str(sched.snapshot_every)} \
+            if sched.snapshot_every else {}
+        cluster = proxied_cluster(workdir, cfg.nodes, net, env)
+        cluster.start()
+        cluster.wait_for_leader(30)
+
+        history.t0 = time.monotonic()
+        workload = Workload(cluster.urls, history, cfg.seed, clients=cfg.clients)
+        nem = Nemesis(cluster, net, sched, history.now)
+        workload.start()
+        nem.start()
+        stop = threading.Event()
+        stop.wait(cfg.duration)              # the run's length, not a race-hiding sleep
+        nem.stop_event.set()
+        nem.join(15)
+        workload.stop()
+        nem.heal_all()
+
+        # ---- recovery
+        try:
+            lead = cluster.wait_for_leader(RECOVERY_TIMEOUT)
+        except TimeoutError as e:
+            conns = {u: established_connections(p) for u, p in
+                     zip(cluster.urls, cluster.ports)}
+            result.problems.append(f"NO RECOVERY: {e}; established TCP connections to "
+                                   f"each node's port: {conns}")
+            lead = None
+        if lead is not None:
+            lurl = cluster.urls[lead]
+            try:
+                _retry(lambda: _final_call(history, lurl, "set", "POST", "/set",
+                                           {"key": BARRIER_KEY, "value": "done"},
+                                           key=BARRIER_KEY, value="done"),
+                       RECOVERY_TIMEOUT, "barrier write")
+                jobs_op = _retry(lambda: _final_call(history, lurl, "get_all", "GET", "/jobs",
+                                                     consistency="linearizable"),
+                                 RECOVERY_TIMEOUT, "final GET /jobs")
+                tasks_op = _retry(lambda: _final_call(history, lurl, "list", "GET", "/tasks",
+                                                      consistency="linearizable"),
+                                  RECOVERY_TIMEOUT, "final GET /tasks")
+                final_jobs = jobs_op.result
+                final_tasks = tasks_op.result["tasks"]
+                if tasks_op.result.get("total") != len(final_tasks):
+                    result.problems.append("final GET /tasks was paginated unexpectedly")
+            except TimeoutError as e:
+                result.problems.append(f"NO RECOVERY: {e}")
+            snapshots, leader_url, problem = converge(cluster, RECOVERY_TIMEOUT)
+            if problem:
+                result.problems.append(problem)
+        claims = leader_claims(cluster)
+        carried = sum(s["bytes"] for s in net.stats().values())
+        if carried == 0:
+            result.problems.append("PROXY NOT IN PATH: no node-to-node byte went through the "
+                                   "proxies (is PICKLEDB_PEER_ROUTES honoured?), so network "
+                                   "faults were not injected")
+    except Exception:
+        import traceback
+        result.problems.append("RUN ERROR: " + traceback.format_exc())
+    finally:
+        if workload is not None and not workload.stop_event.is_set():
+            try:
+                workload.stop()
+            except Exception:
+                pass
+        if nem is not None:
+            nem.stop_event.set()
+        if cluster is not None:
+            cluster.stop()
+        net.close()
+        history.close()
+
+    ops = history.ops
+    result.summary = summarize(ops)
+    result.nemesis_log = list(nem.log) if nem else []
+    if nem is not None and nem.error:
+        result.problems.append("NEMESIS ERROR: " + nem.error)
+    writes_ok = sum(1 for o in ops if o.is_write and o.outcome == OK and o.process >= 0)
+    if ops and writes_ok == 0:
+        result.problems.append("NO PROGRESS: not a single client write was acknowledged")
+    result.checks = check_all(ops, final_jobs, final_tasks, snapshots, leader_url, claims)
+    result.ok = not result.problems and all(c.ok for c in result.checks)
+    result.elapsed = time.monotonic() - t_start
+    result.report = format_report(result, cluster)
+    (workdir / "report.txt").write_text(result.report + "\n")
+    status = "PASS" if result.ok else "FAIL"
+    print(f"[nemesis] {status} {cfg.label()} in {result.elapsed:.1f}s: "
+          f"{result.summary['total'][OK]} ok / {result.summary['total'][FAIL]} fail / "
+          f"{result.summary['total'][UNKNOWN]} unknown ops, "
+          f"{len(result.nemesis_log)} nemesis actions", file=out, flush=True)
+    if not result.ok:
+        print(result.report, file=out, flush=True)
+    return result
+
+
+def format_report(r: RunResult, cluster: Optional[NemesisCluster]) -> str:
+    lines = [("=" * 78),
+             f"NEMESIS RUN {'PASSED' if r.ok else 'FAILED'}: {r.schedule.header()}",
+             f"replay: {r.schedule.replay_command()}",
+             f"artefacts: {r.workdir} (history.jsonl, node*.log, schedule.txt, report.txt)",
+             "", r.schedule.format(), "", "nemesis actions:"]
+    lines += ["  " + x for x in r.nemesis_log] or ["  (none)"]
+    lines += ["", "operations:", format_summary(r.summary) if r.summary else "  (none)", ""]
+    for p in r.problems:
+        lines.append("PROBLEM: " + p)
+    for c in r.checks:
+        lines.append(c.explain())
+    if not r.ok and cluster is not None:
+        for p in cluster.procs:
+            lines.append(f"--- tail of {p.log_path}")
+            lines.append(tail(p.log_path, 15))
+    lines.append("=" * 78)
+    return "\n".join(lines)
+
+
+def _run_and_tidy(cfg: RunConfig, out) -> RunResult:
+    """run_one; a passing run's directory is removed (its report was printed), a failing
+    one is kept for inspection."""
+    r = run_one(cfg, out)
+    if r.ok and cfg.workdir:
+        shutil.rmtree(cfg.workdir, ignore_errors=True)
+    return r
+
+
+def ci_campaign(base_seed: Optional[int] = None, root: Optional[Path] = None,
+                runs=CI_RUNS, out=None) -> list:
+    out = out or sys.stdout
+    if base_seed is None:
+        base_seed = random.SystemRandom().randrange(1, 10**9)
+    print(f"[nemesis] CI campaign base seed {base_seed}", file=out, flush=True)
+    results = []
+    for idx, (profile, n, dur) in enumerate(runs):
+        cfg = RunConfig(derive_seed(base_seed, idx), profile, n, dur)
+        if root:
+            cfg.workdir = Path(root) / cfg.label()
+        results.append(_run_and_tidy(cfg, out))
+    return results
+
+
+def long_campaign(minutes: float, base_seed: Optional[int] = None, root: Optional[Path] = None,
+                  duration: float = 30.0, profiles=None, nodes=(3, 5), stop_on_failure=False,
+                  out=None) -> list:
+    out = out or sys.stdout
+    if base_seed is None:
+        base_seed = random.SystemRandom().randrange(1, 10**9)
+    profiles = list(profiles or PROFILES)
+    rng = random.Random(base_seed)
+    deadline = time.monotonic() + minutes * 60
+    print(f"[nemesis] long campaign {minutes:g} min, base seed {base_seed}", file=out,
+          flush=True)
+    results = []
+    idx = 0
+    while time.monotonic() + duration + 20 < deadline or not results:
+        profile = profiles[idx % len(profiles)]
+        n = rng.choice(nodes)
+        cfg = RunConfig(derive_seed(base_seed, idx), profile, n, duration)
+        if root:
+            cfg.workdir = Path(root) / f"{idx:04d}-{cfg.label()}"
+        r = _run_and_tidy(cfg, out)
+        results.append(r)
+        idx += 1
+        if stop_on_failure and not r.ok:
+            break
+    return results
+
+
+def print_summary(results: list, out=None):
+    out = out or sys.stdout
+    failed = [r for r in results if not r.ok]
+    ops = sum(r.summary.get("total", {}).get(OK, 0) for r in results)
+    print(f"[nemesis] {len(results) - len(failed)} passed, {len(failed)} failed "
+          f"({ops} ok operations checked)", file=out)
+    for r in failed:
+        print(f"[nemesis]   FAILED {r.schedule.header()}\n"
+              f"[nemesis]     replay: {r.schedule.replay_command()}\n"
+              f"[nemesis]     report: {r.workdir}/report.txt", file=out)
+
+
+def check_history_file(path) -> int:
+    ops = load_history(path)
+    print(format_summary(summarize(ops)))
+    finals = [o for o in ops if o.process == -1 and o.outcome == OK]
+    jobs = next((o.result for o in reversed(finals) if o.f == "get_all"), None)
+    tasks = next((o.result["tasks"] for o in reversed(finals) if o.f == "list"), None)
+    checks = check_all(ops, jobs, tasks, None, None, None)
+    for c in checks:
+        print(c.explain())
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.nemesis.campaign",
+                                description="PickleDB Cluster fault-injection campaign")
+    p.add_argument("--long", action="store_true", help="run random runs for --minutes")
+    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--seed", type=int, help="run seed (single run) or base seed (campaigns)")
+    p.add_argument("--profile", choices=sorted(PROFILES))
+    p.add_argument("--nodes", type=int, choices=(3, 5))
+    p.add_argument("--duration", type=float, help="seconds of workload+faults per run")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--workdir", type=Path, help="where run directories go")
+    p.add_argument("--stop-on-failure", action="store_true")
+    p.add_argument("--check-history", type=Path, help="re-run the history checkers on a file")
+    a = p.parse_args(argv)
+    import signal
+
+    def _term(signum, frame):
+        raise KeyboardInterrupt      # unwinds through run_one's cleanup: nodes are stopped
+    signal.signal(signal.SIGTERM, _term)
+    if a.check_history:
+        return check_history_file(a.check_history)
+    root = a.workdir or Path(tempfile.mkdtemp(prefix="nemesis-campaign-"))
+    root.mkdir(parents=True, exist_ok=True)
+    if a.long:
+        results = long_campaign(a.minutes, a.seed, root, duration=a.duration or 30.0,
+                                profiles=[a.profile] if a.profile else None,
+                                nodes=(a.nodes,) if a.nodes else (3, 5),
+                                stop_on_failure=a.stop_on_failure)
+    elif a.profile or a.nodes or a.duration:
+        if a.seed is None:
+            a.seed = random.SystemRandom().randrange(1, 10**9)
+        cfg = RunConfig(a.seed, a.profile or "mixed", a.nodes or 3, a.duration or 20.0,
+                        clients=a.clients, workdir=root / "run")
+        results = [run_one(cfg)]
+    else:
+        results = ci_campaign(a.seed, root)
+    print_summary(results)
+    return 0 if all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

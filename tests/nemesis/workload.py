@@ -1,0 +1,232 @@
+"""Concurrent clients that record every operation to a ``History``.
+
+Each client is a thread with its own seeded ``random.Random`` (the sequence of operations
+it picks is a function of the seed; the interleaving is not). It sends one request at a
+time on a fresh connection to a random node (dead and paused ones included), and records
+invoke time, completion time and outcome:
+
+  ok       2xx (and 404 for reads: an answer that the thing is absent)
+  fail     definitely without effect: connect refused/timed out (never sent), 4xx, a 404
+           answer to update/delete, 503 ``no_leader`` or ``not_committed`` (the contract
+           says neither was applied)
+  unknown  anything else once the request was sent: read timeout, reset, 503
+           ``unknown_outcome``, other 5xx
+
+Operation mix: ``/set`` on a small key space (so writes contend), ``GET /jobs/<k>`` and
+``GET /jobs`` reads (linearizable and stale), task create (unique title per create),
+update (unique description per update) and delete on a small pool of recent tasks, and
+``GET /tasks/<id>`` / ``GET /tasks`` reads (linearizable and stale). All values written are
+unique, which keeps the linearizability search small.
+"""
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from typing import Optional
+
+from .cluster import HttpResult, http_call
+from .history import FAIL, OK, UNKNOWN, History, Op
+
+# (name, weight)
+DEFAULT_MIX = (
+    ("set", 20), ("get", 10), ("get_stale", 6), ("get_all", 3), ("get_all_stale", 2),
+    ("create", 12), ("update", 12), ("delete", 4),
+    ("read_task", 8), ("read_task_stale", 4), ("list", 3), ("list_stale", 2),
+)
+DEFINITE_503 = ("no_leader", "not_committed")
+
+
+def definite_503_codes() -> tuple:
+    """503 codes taken as 'definitely not applied'. NEMESIS_NO_LEADER_IS_UNKNOWN=1 treats
+    no_leader as indeterminate instead (to hunt for other bugs while a server that answers
+    no_leader for writes it may have applied is being fixed)."""
+    if os.environ.get("NEMESIS_NO_LEADER_IS_UNKNOWN") == "1":
+        return tuple(c for c in DEFINITE_503 if c != "no_leader")
+    return DEFINITE_503
+
+
+def classify(res: HttpResult, f: str, read: bool) -> tuple:
+    """(outcome, error text) for one answer."""
+    if not res.sent:
+        return FAIL, res.error
+    if res.status is None:
+        return UNKNOWN, res.error
+    code = msg = None
+    if isinstance(res.body, dict):
+        code, msg = res.body.get("error"), res.body.get("message")
+    if 200 <= res.status < 300:
+        return OK, None
+    text = f"{code}: {msg}"[:100] if msg else str(code)
+    if res.status == 404:
+        if read:
+            return OK, None
+        return FAIL, code or "not_found"
+    if 400 <= res.status < 500:
+        return FAIL, f"{res.status} {text}"
+    if res.status == 503 and code in definite_503_codes():
+        return FAIL, text
+    return UNKNOWN, f"{res.status} {text}"
+
+
+class TaskPool:
+    """Ids of tasks whose create was acknowledged, shared by all clients."""
+
+    def __init__(self, hot: int = 6):
+        self._ids: list = []
+        self._lock = threading.Lock()
+        self.hot = hot
+
+    def add(self, tid):
+        with self._lock:
+            self._ids.append(tid)
+
+    def pick(self, rng: random.Random) -> Optional[str]:
+        with self._lock:
+            if not self._ids:
+                return None
+            if rng.random() < 0.85:
+                return rng.choice(self._ids[-self.hot:])
+            return rng.choice(self._ids)
+
+    def discard(self, tid):
+        with self._lock:
+            if tid in self._ids:
+                self._ids.remove(tid)
+
+    def __len__(self):
+        return len(self._ids)
+
+
+class Client(threading.Thread):
+    def __init__(self, wl: "Workload", process: int):
+        super().__init__(name=f"nemesis-client-{process}", daemon=True)
+        self.wl = wl
+        self.process = process
+        self.rng = random.Random(f"{wl.seed}/client/{process}")
+        self.n = 0
+        self.suspect: dict = {}      # node -> monotonic time until which we avoid it
+        self.error: Optional[BaseException] = None
+
+    def run(self):
+        try:
+            while not self.wl.stop_event.is_set():
+                self.one()
+                self.wl.stop_event.wait(self.rng.uniform(0, self.wl.think))
+        except BaseException as e:   # recorded and re-raised by Workload.stop()
+            self.error = e
+
+    def pick_node(self) -> str:
+        now = time.monotonic()
+        urls = self.wl.urls
+        good = [u for u in urls if self.suspect.get(u, 0) <= now]
+        return self.rng.choice(good or urls)
+
+    def one(self):
+        wl, rng = self.wl, self.rng
+        self.n += 1
+        name = rng.choices(wl.mix_names, weights=wl.mix_weights)[0]
+        stale = name.endswith("_stale")
+        f = name[:-6] if stale else name
+        node = self.pick_node()
+        q = "?consistency=stale" if stale else ""
+        tag = f"{self.process}:{self.n}"
+        key = value = None
+        if f == "set":
+            key = rng.choice(wl.keys)
+            value = f"v{tag}"
+            req = ("POST", "/set", {"key": key, "value": value})
+        elif f == "get":
+            key = rng.choice(wl.keys)
+            req = ("GET", f"/jobs/{key}{q}", None)
+        elif f == "get_all":
+            req = ("GET", f"/jobs{q}", None)
+        elif f == "create":
+            value = {"title": f"t{tag}", "description": f"d{tag}"}
+            req = ("POST", "/tasks", dict(value))
+        elif f in ("update", "delete", "read_task"):
+            key = wl.tasks.pick(rng)
+            if key is None:              # nothing created yet: create instead
+                f, stale, q = "create", False, ""
+                value = {"title": f"t{tag}", "description": f"d{tag}"}
+                req = ("POST", "/tasks", dict(value))
+            elif f == "update":
+                value = {"description": f"u{tag}"}
+                req = ("PUT", f"/tasks/{key}", dict(value))
+            elif f == "delete":
+                req = ("DELETE", f"/tasks/{key}", None)
+            else:
+                req = ("GET", f"/tasks/{key}{q}", None)
+        elif f == "list":
+            req = ("GET", f"/tasks{q}", None)
+        else:
+            raise ValueError(name)
+        read = f in ("get", "get_all", "read_task", "list")
+        op = Op(id=wl.history.new_id(), process=self.process, f=f, key=key, value=value,
+                node=node, consistency=("stale" if stale else "linearizable") if read else None)
+        op.invoke = wl.history.now()
+        res = http_call(node, req[0], req[1], req[2], timeout=wl.timeout)
+        op.complete = wl.history.now()
+        op.status = res.status
+        op.outcome, op.error = classify(res, f, read)
+        if res.error == "timeout" or (not res.sent):
+            self.suspect[node] = time.monotonic() + wl.suspect_for
+        if op.outcome == OK:
+            op.result = normalize_result(f, res)
+            if f == "create" and isinstance(res.body, dict) and "id" in res.body:
+                wl.tasks.add(str(res.body["id"]))
+        if f == "delete" and op.outcome != UNKNOWN and rng.random() < 0.5:
+            wl.tasks.discard(key)
+        wl.history.record(op)
+
+
+def normalize_result(f: str, res: HttpResult):
+    b = res.body
+    if f == "get":
+        if res.status == 404:
+            return {"found": False, "value": None}
+        return {"found": True, "value": b.get("value") if isinstance(b, dict) else None}
+    if f == "read_task":
+        return b if res.status != 404 else None
+    if f == "list":
+        if isinstance(b, dict):
+            return {"tasks": b.get("tasks", []), "total": b.get("total"),
+                    "index": b.get("index")}
+        return None
+    return b
+
+
+class Workload:
+    def __init__(self, urls, history: History, seed: int, clients: int = 8,
+                 keys: int = 5, timeout: float = 4.0, think: float = 0.02,
+                 suspect_for: float = 1.0, mix=DEFAULT_MIX):
+        self.urls = list(urls)
+        self.history = history
+        self.seed = seed
+        self.keys = [f"k{i}" for i in range(keys)]
+        self.timeout = timeout
+        self.think = think
+        self.suspect_for = suspect_for
+        self.mix_names = [m[0] for m in mix]
+        self.mix_weights = [m[1] for m in mix]
+        self.tasks = TaskPool()
+        self.stop_event = threading.Event()
+        self.clients = [Client(self, p) for p in range(clients)]
+
+    def start(self):
+        for c in self.clients:
+            c.start()
+
+    def stop(self, join_timeout: float = 15.0):
+        """Stops issuing; each client finishes (or gives up on) its in-flight request."""
+        self.stop_event.set()
+        deadline = time.monotonic() + join_timeout
+        for c in self.clients:
+            c.join(max(0.1, deadline - time.monotonic()))
+        stuck = [c.name for c in self.clients if c.is_alive()]
+        if stuck:
+            raise RuntimeError(f"clients did not stop: {stuck}")
+        for c in self.clients:
+            if c.error is not None:
+                raise c.error
