@@ -20,7 +20,6 @@ unique, which keeps the linearizability search small.
 """
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
@@ -36,15 +35,6 @@ DEFAULT_MIX = (
     ("read_task", 8), ("read_task_stale", 4), ("list", 3), ("list_stale", 2),
 )
 DEFINITE_503 = ("no_leader", "not_committed")
-
-
-def definite_503_codes() -> tuple:
-    """503 codes taken as 'definitely not applied'. NEMESIS_NO_LEADER_IS_UNKNOWN=1 treats
-    no_leader as indeterminate instead (to hunt for other bugs while a server that answers
-    no_leader for writes it may have applied is being fixed)."""
-    if os.environ.get("NEMESIS_NO_LEADER_IS_UNKNOWN") == "1":
-        return tuple(c for c in DEFINITE_503 if c != "no_leader")
-    return DEFINITE_503
 
 
 def classify(res: HttpResult, f: str, read: bool) -> tuple:
@@ -65,7 +55,7 @@ def classify(res: HttpResult, f: str, read: bool) -> tuple:
         return FAIL, code or "not_found"
     if 400 <= res.status < 500:
         return FAIL, f"{res.status} {text}"
-    if res.status == 503 and code in definite_503_codes():
+    if res.status == 503 and code in DEFINITE_503:
         return FAIL, text
     return UNKNOWN, f"{res.status} {text}"
 
