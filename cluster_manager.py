@@ -246,7 +246,9 @@ class Node:
                 core.tick(time.monotonic())
                 for event in batch:
                     self._handle_event(event)
-                self._handle_ready()
+                # advance() can commit (a leader counting its own fsync): hand that out at once.
+                while self._handle_ready():
+                    pass
                 if was_leader and core.role != LEADER:
                     self._fail_pending(ClientError(503, "unknown_outcome",
                                                    "leadership was lost before the write committed; "
@@ -293,12 +295,13 @@ class Node:
             core.compact(index, term)
             self.storage.compact(min(index, core.snap_index))
 
-    def _handle_ready(self) -> None:
+    def _handle_ready(self) -> bool:
+        """Persist, send and hand out one Ready; False when there was nothing to do."""
         core = self.core
         rd = core.ready()
         if rd.empty():
             self._drop_unanswered()
-            return
+            return False
         if rd.snapshot is not None:
             snap = rd.snapshot
             self.storage.save_snapshot(snap["last_index"], snap["last_term"], snap["data"], installed=True)
@@ -325,6 +328,7 @@ class Node:
                 waiter.fail(no_leader())
         core.advance(rd)
         self._drop_unanswered()
+        return True
 
     def _drop_unanswered(self) -> None:
         for waiter in self.replies.values():
