@@ -307,8 +307,17 @@ class Node:
             self.storage.save_snapshot(snap["last_index"], snap["last_term"], snap["data"], installed=True)
             self.last_snapshot_index = snap["last_index"]
             self.apply_queue.put(("restore", snap["last_index"], snap["last_term"], snap["data"]))
+        # A leader may ship entries to followers while it fsyncs them itself (Raft §10.2.1): it
+        # counts its own copy only after advance(). Votes, replies and term changes wait.
+        if rd.hard_state is None:
+            later = [m for m in rd.messages if m["type"] not in (APPEND_REQ, SNAP_REQ)]
+            for msg in rd.messages:
+                if msg["type"] in (APPEND_REQ, SNAP_REQ):
+                    self.senders[msg["to"]].send(msg)
+        else:
+            later = rd.messages
         self.storage.append(rd.hard_state, rd.entries)  # the one fsync of this batch
-        for msg in rd.messages:
+        for msg in later:
             waiter = None
             if msg["type"] not in REQUESTS:
                 waiter = self.replies.pop((msg["to"], msg.get("rid")), None)

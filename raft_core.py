@@ -6,7 +6,9 @@ what to send and what to apply, and calls `advance` once the persisting is done.
 
 Rules the runtime must follow (they make the safety arguments below hold):
   1. Persist `ready.hard_state`, `ready.snapshot` and `ready.entries` durably (fsync)
-     before sending any of `ready.messages`.
+     before sending any of `ready.messages`; the one exception is a leader's AppendEntries
+     and InstallSnapshot requests in a Ready without a hard-state change, which may go out
+     while the leader writes (Raft §10.2.1).
   2. Apply `ready.committed` in order, and a received `ready.snapshot` before them.
   3. Call `advance(ready)` after persisting; only then does the leader count its own copy.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from raft_core import LEADER, SNAP_REQ, NotLeader, RaftCore
+from raft_core import APPEND_REQ, LEADER, SNAP_REQ, NotLeader, RaftCore
 
 HEARTBEAT = 1.0
 ELECTION = 5.0
@@ -61,6 +61,13 @@ class SimNode:
         rd = core.ready()
         if rd.empty():
             return
+        early = [] if rd.hard_state else [m for m in rd.messages if m["type"] in (APPEND_REQ, SNAP_REQ)]
+        for msg in early:  # the runtime ships a leader's entries while it fsyncs them
+            sim.send(self.snapshot_filled(msg))
+        if early and rd.entries and sim.faults and sim.rng.random() < 0.01:
+            sim.events.append(f"t={sim.now:.2f} crash {self.id} before its fsync")
+            self.crash()
+            return
         if rd.hard_state:
             d.term, d.vote = rd.hard_state
         if rd.snapshot is not None:
@@ -74,9 +81,8 @@ class SimNode:
             assert len(d.log) == first - d.snap_index - 1, "persisted log must be contiguous"
             d.log.extend((t, c) for _, t, c in rd.entries)
         for msg in rd.messages:
-            if msg["type"] == SNAP_REQ:
-                msg = dict(msg, last_index=d.snap_index, last_term=d.snap_term, data=d.snap_data)
-            sim.send(msg)
+            if not any(msg is m for m in early):
+                sim.send(self.snapshot_filled(msg))
         for index, term, cmd in rd.committed:
             if index != len(self.applied) + 1:
                 raise InvariantViolation(f"{self.id} applies {index} after {len(self.applied)}")
@@ -89,6 +95,13 @@ class SimNode:
             sim.check_read(self, read_id, index)
         core.advance(rd)
         sim.record_commits(self)
+
+    def snapshot_filled(self, msg: dict) -> dict:
+        """Like the runtime, send the newest durable snapshot with an InstallSnapshot request."""
+        if msg["type"] != SNAP_REQ:
+            return msg
+        d = self.disk
+        return dict(msg, last_index=d.snap_index, last_term=d.snap_term, data=d.snap_data)
 
     def maybe_snapshot(self) -> None:
         core, d = self.core, self.disk
@@ -256,6 +269,7 @@ class Simulation:
         for node in self.nodes.values():
             if node.up:
                 node.process_ready()
+            if node.up:  # it may have crashed mid-ready
                 self.observe(node)
                 if len(node.applied) - node.disk.snap_index >= self.snapshot_every:
                     node.maybe_snapshot()
@@ -271,6 +285,7 @@ class Simulation:
         # an entry of its term, and every node caught up with it.
         self.cut = set()
         self.p_drop = self.p_dup = 0.0
+        self.faults = False
         for node in self.nodes.values():
             if not node.up:
                 node.start()
