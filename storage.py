@@ -23,6 +23,7 @@ import re
 import struct
 import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 from pickledb import PickleDB
@@ -95,6 +96,10 @@ class Storage:
             self._lock_file.close()
             raise StorageError(f"data directory {data_dir} is in use by another process")
         self._snap_lock = threading.Lock()
+        # Every pickledb call runs on this one thread. pickledb's sync methods start their own
+        # event loop, but in a thread that already runs one (Playwright's sync API does, in
+        # tests) they silently return an unawaited coroutine instead of doing the work.
+        self._pickledb_thread = ThreadPoolExecutor(1, thread_name_prefix="pickledb")
         self._segment = None  # open file of the current segment
         self._segment_seq = 0
         self._segment_size = 0
@@ -210,7 +215,7 @@ class Storage:
         for index in self._snapshots():
             path = self._snap_path(index)
             try:
-                db = PickleDB(path).load()
+                db = self._pickledb_thread.submit(lambda: PickleDB(path).load()).result()
                 meta, state = db.db["meta"], db.db["state"]
                 if meta["index"] != index:
                     raise ValueError("index mismatch")
@@ -235,7 +240,7 @@ class Storage:
             db = PickleDB(path)  # a fresh instance, touched by this thread only
             db.db = {"meta": {"index": index, "term": term, "wal_floor": floor}, "state": state}
             crash_point("snapshot_before_rename")
-            db.save()
+            self._pickledb_thread.submit(db.save).result()
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
             fsync_dir(self.snap_dir)
@@ -259,5 +264,6 @@ class Storage:
         if self._segment is not None:
             self._segment.close()
             self._segment = None
+        self._pickledb_thread.shutdown(wait=True)
         fcntl.flock(self._lock_file, fcntl.LOCK_UN)
         self._lock_file.close()

@@ -189,3 +189,21 @@ print("survived")
     assert [applied[f"k{i}"] for i in range(1, len(applied) + 1)] == list(range(1, len(applied) + 1))
     assert len(applied) >= expected_min
     s.close()
+
+
+def test_snapshots_work_from_a_thread_that_runs_an_event_loop(tmp_path):
+    """pickledb's sync methods turn into unawaited coroutines inside a running event loop
+    (Playwright's sync API keeps one in the test thread); storage must still write and read."""
+    import asyncio
+
+    async def inside_a_loop():
+        s, _, _ = reopen(tmp_path)
+        s.append((1, None), entries(1, 5))
+        s.save_snapshot(5, 1, {"tasks": {}, "kv": {"k": "v"}})
+        s.close()
+        s, state, log = reopen(tmp_path)
+        s.close()
+        return state, log
+
+    state, log = asyncio.run(inside_a_loop())
+    assert state == {"tasks": {}, "kv": {"k": "v"}} and log == []
