@@ -195,6 +195,7 @@ def test_snapshots_work_from_a_thread_that_runs_an_event_loop(tmp_path):
     """pickledb's sync methods turn into unawaited coroutines inside a running event loop
     (Playwright's sync API keeps one in the test thread); storage must still write and read."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     async def inside_a_loop():
         s, _, _ = reopen(tmp_path)
@@ -205,5 +206,7 @@ def test_snapshots_work_from_a_thread_that_runs_an_event_loop(tmp_path):
         s.close()
         return state, log
 
-    state, log = asyncio.run(inside_a_loop())
+    # A thread of its own: this test thread may already run Playwright's loop.
+    with ThreadPoolExecutor(1) as pool:
+        state, log = pool.submit(asyncio.run, inside_a_loop()).result()
     assert state == {"tasks": {}, "kv": {"k": "v"}} and log == []
