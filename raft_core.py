@@ -37,6 +37,8 @@ REQUESTS = (VOTE_REQ, APPEND_REQ, SNAP_REQ)
 
 NOOP = {"op": "noop"}
 MAX_BATCH = 2048  # entries per AppendEntries message
+SNAPSHOT_RETRY = 30.0  # an InstallSnapshot in flight is presumed lost only after this (the
+                       # transport's timeout for it); the runtime reports a failed one at once
 
 
 class NotLeader(Exception):
@@ -67,7 +69,13 @@ class RaftCore:
                  snap_index: int = 0, snap_term: int = 0,
                  entries: list[tuple[int, Any]] | None = None,
                  first_election_timeout: float | None = None):
-        """`entries` are the durable log entries after the snapshot, as (term, command)."""
+        """`entries` are the durable log entries after the snapshot, as (term, command).
+
+        Elections start with a pre-vote (Raft thesis §9.6): a node whose election timer fires asks
+        its peers whether they would vote for it, without raising its term; only when a majority
+        would (its log is up to date and they have not heard from a leader within an election
+        timeout) does it start a real election. A node that cannot win, such as a restarted follower waiting for
+        a snapshot, then never raises the cluster's term and so never deposes a working leader."""
         self.id = node_id
         self.peers = [p for p in peers if p != node_id]
         self.election_timeout = election_timeout
@@ -97,6 +105,7 @@ class RaftCore:
         self.next_index: dict[str, int] = {}
         self.match_index: dict[str, int] = {}
         self.inflight_since: dict[str, float | None] = {}
+        self.inflight_snapshot: dict[str, bool] = {}
         self.last_ack: dict[str, float] = {}
         self.acked_seq: dict[str, int] = {}
         self.seq = 0
@@ -105,6 +114,9 @@ class RaftCore:
         self.next_heartbeat = 0.0
         self.pending_reads: list[tuple[Any, int, int]] = []  # (read_id, required_seq, index)
         self.votes: set[str] = set()
+        self.prevoting = False
+        self.pre_votes: set[str] = set()
+        self.leader_contact = float("-inf")  # when we last accepted a message from the leader
 
         timeout = first_election_timeout if first_election_timeout is not None else self._random_timeout()
         self.election_deadline = now + timeout
@@ -154,17 +166,47 @@ class RaftCore:
             self.voted_for = None
             self._hs_dirty = True
 
-    def _become_follower(self, term: int, leader: str | None) -> None:
+    def _become_follower(self, term: int, leader: str | None, reset_timer: bool = True) -> None:
         was_leader = self.role == LEADER
         self._set_term(term)
         self.role = FOLLOWER
         self.leader_id = leader
-        self.election_deadline = self.now + self._random_timeout()
+        self.prevoting = False
+        if reset_timer or was_leader:
+            self.election_deadline = self.now + self._random_timeout()
         if was_leader:
             self._reads_failed.extend(r[0] for r in self.pending_reads)
             self.pending_reads.clear()
 
+    def _start_prevote(self) -> None:
+        self.prevoting = True
+        self.pre_votes = {self.id}
+        self.election_deadline = self.now + self._random_timeout()
+        for peer in self.peers:
+            self._send(peer, {"type": VOTE_REQ, "pre": True, "last_index": self.last_index(),
+                              "last_term": self.last_term()})
+            self._out[-1]["term"] = self.term + 1  # the term we would stand in; ours is unchanged
+
+    def _on_prevote_req(self, msg: dict) -> None:
+        up_to_date = (msg["last_term"], msg["last_index"]) >= (self.last_term(), self.last_index())
+        leader_alive = self.role == LEADER or (
+            self.leader_id is not None and self.now - self.leader_contact < self.election_timeout)
+        grant = msg["term"] > self.term and up_to_date and not leader_alive
+        self._reply(msg, {"type": VOTE_RESP, "pre": True, "granted": grant})
+        if grant:
+            self._out[-1]["term"] = msg["term"]
+
+    def _on_prevote_resp(self, msg: dict) -> None:
+        if msg["granted"]:
+            if self.prevoting and self.role != LEADER and msg["term"] == self.term + 1:
+                self.pre_votes.add(msg["from"])
+                if len(self.pre_votes) >= self.quorum():
+                    self._start_election()
+        elif msg["term"] > self.term:
+            self._become_follower(msg["term"], None, reset_timer=False)
+
     def _start_election(self) -> None:
+        self.prevoting = False
         self._set_term(self.term + 1)
         self.role = CANDIDATE
         self.leader_id = None
@@ -188,6 +230,7 @@ class RaftCore:
             self.next_index[peer] = last + 1
             self.match_index[peer] = 0
             self.inflight_since[peer] = None
+            self.inflight_snapshot[peer] = False
             self.last_ack[peer] = self.now
             self.acked_seq[peer] = 0
         self.seq = 0
@@ -210,13 +253,17 @@ class RaftCore:
             retry_after = max(2 * self.heartbeat_interval, self.election_timeout / 2)
             for peer in self.peers:
                 since = self.inflight_since[peer]
-                if since is not None and now - since >= retry_after:
+                limit = SNAPSHOT_RETRY if self.inflight_snapshot[peer] else retry_after
+                if since is not None and now - since >= limit:
                     self.inflight_since[peer] = None  # presumed lost; send again
             if now >= self.next_heartbeat:
                 self.next_heartbeat = now + self.heartbeat_interval
                 self._broadcast(heartbeat=True)
         elif now >= self.election_deadline:
-            self._start_election()
+            if self.quorum() > 1:
+                self._start_prevote()
+            else:
+                self._start_election()
 
     def propose(self, command: Any) -> tuple[int, int]:
         """Append a command to the leader's log; returns (index, term). Raises NotLeader."""
@@ -239,9 +286,19 @@ class RaftCore:
         if sender not in self.peers:
             return
         mtype = msg.get("type")
+        if msg.get("pre") and mtype in (VOTE_REQ, VOTE_RESP):
+            # Pre-votes never change our term, vote or election timer.
+            if mtype == VOTE_REQ:
+                self._on_prevote_req(msg)
+            else:
+                self._on_prevote_resp(msg)
+            return
         if msg["term"] > self.term:
             leader = sender if mtype in (APPEND_REQ, SNAP_REQ) else None
-            self._become_follower(msg["term"], leader)
+            # A vote request alone does not restart our election timer (only granting the vote
+            # does, in _on_vote_req): otherwise a candidate whose log is too stale to win keeps
+            # postponing the elections of the nodes that could, and failover takes many rounds.
+            self._become_follower(msg["term"], leader, reset_timer=mtype != VOTE_REQ)
         if mtype == VOTE_REQ:
             self._on_vote_req(msg)
         elif mtype == VOTE_RESP:
@@ -252,6 +309,12 @@ class RaftCore:
             self._on_append_resp(msg)
         elif mtype == SNAP_REQ:
             self._on_snap_req(msg)
+
+    def snapshot_failed(self, peer: str) -> None:
+        """The runtime could not deliver an InstallSnapshot to `peer`: send it again soon."""
+        if self.role == LEADER and self.inflight_snapshot.get(peer):
+            self.inflight_since[peer] = None
+            self.inflight_snapshot[peer] = False
 
     def compact(self, index: int, term: int) -> None:
         """The runtime durably stored a snapshot covering the log up to `index`."""
@@ -335,6 +398,7 @@ class RaftCore:
         if self.role != FOLLOWER or self.leader_id != msg["from"]:
             self._become_follower(self.term, msg["from"])
         self.election_deadline = self.now + self._random_timeout()
+        self.leader_contact, self.prevoting = self.now, False
 
         prev_index, prev_term = msg["prev_index"], msg["prev_term"]
         entries = msg["entries"]  # list of [term, command]
@@ -379,6 +443,7 @@ class RaftCore:
             return
         peer = msg["from"]
         self.inflight_since[peer] = None
+        self.inflight_snapshot[peer] = False
         self.last_ack[peer] = self.now
         self.acked_seq[peer] = max(self.acked_seq[peer], msg.get("seq", 0))
         if msg["success"]:
@@ -400,6 +465,7 @@ class RaftCore:
         if self.role != FOLLOWER or self.leader_id != msg["from"]:
             self._become_follower(self.term, msg["from"])
         self.election_deadline = self.now + self._random_timeout()
+        self.leader_contact, self.prevoting = self.now, False
         index, term = msg["last_index"], msg["last_term"]
         if index > self.commit_index and self.term_at(index) == term:
             # Our log already holds the snapshot's last entry, so it matches the leader's up to
@@ -433,6 +499,7 @@ class RaftCore:
             return
         self.inflight_since[peer] = self.now
         self._rid += 1
+        self.inflight_snapshot[peer] = nxt <= self.snap_index
         if nxt <= self.snap_index:
             self._send(peer, {"type": SNAP_REQ, "last_index": self.snap_index,
                               "last_term": self.snap_term, "seq": self.seq, "rid": self._rid})

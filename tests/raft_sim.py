@@ -140,6 +140,10 @@ class Simulation:
     # ------------------------------------------------------------- network
     def send(self, msg: dict) -> None:
         if (msg["from"], msg["to"]) in self.cut or self.rng.random() < self.p_drop:
+            if msg["type"] == SNAP_REQ:  # the runtime's sender reports a snapshot it failed to deliver
+                self.msg_seq += 1
+                report = {"type": "snapshot_failed", "to": msg["from"], "peer": msg["to"]}
+                self.net.append((self.now + ELECTION / 2, self.msg_seq, report))
             return
         copies = 2 if self.rng.random() < self.p_dup else 1
         for _ in range(copies):
@@ -153,9 +157,13 @@ class Simulation:
         self.rng.shuffle(due)
         for _, _, msg in due:
             node = self.nodes[msg["to"]]
-            if node.up:
+            if not node.up:
+                continue
+            if msg["type"] == "snapshot_failed":
+                node.core.snapshot_failed(msg["peer"])
+            else:
                 node.core.step(msg)
-                self.observe(node)
+            self.observe(node)
 
     # ------------------------------------------------------------- checks
     def observe(self, node: SimNode) -> None:

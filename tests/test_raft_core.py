@@ -22,6 +22,10 @@ def persist(c):
 
 def elect(c, voters):
     c.tick(5.0)
+    persist(c)
+    for v in voters:  # the pre-vote round
+        c.step({"type": "vote_resp", "from": v, "to": c.id, "term": c.term + 1, "granted": True,
+                "pre": True, "rid": None})
     rd = persist(c)
     votes = [m for m in rd.messages if m["type"] == VOTE_REQ]
     for v in voters:
@@ -40,9 +44,70 @@ def append(leader_term, frm, prev, prev_term, entries, commit=0, rid=1):
 def test_vote_is_durable_before_the_request_leaves():
     c = core("a")
     c.tick(5.0)
+    persist(c)
+    c.step({"type": "vote_resp", "from": "b", "to": "a", "term": 1, "granted": True, "pre": True, "rid": 1})
     rd = c.ready()
     assert rd.hard_state == (1, "a")
     assert {m["to"] for m in rd.messages if m["type"] == VOTE_REQ} == {"b", "c"}
+
+
+def test_pre_vote_asks_without_raising_the_term():
+    c = core("a", term=4)
+    c.tick(5.0)
+    rd = persist(c)
+    asks = [m for m in rd.messages if m["type"] == VOTE_REQ]
+    assert {m["to"] for m in asks} == {"b", "c"} and all(m["pre"] and m["term"] == 5 for m in asks)
+    assert c.term == 4 and c.role == "follower" and rd.hard_state is None
+    # Refused by a majority: still no term change; the timer tries again later.
+    for v in ("b", "c"):
+        c.step({"type": "vote_resp", "from": v, "to": "a", "term": 4, "granted": False, "pre": True, "rid": 1})
+    assert c.term == 4 and c.role == "follower"
+
+
+def test_pre_vote_is_refused_while_the_leader_is_heard_or_the_log_is_behind():
+    c = core("b", term=2, entries=[(2, {"op": "x"}), (2, {"op": "y"})])
+    c.step(append(2, "a", 2, 2, [], commit=2))
+    persist(c)
+    ask = {"type": VOTE_REQ, "from": "c", "to": "b", "term": 3, "last_index": 2, "last_term": 2,
+           "pre": True, "rid": 7}
+    c.step(dict(ask))
+    assert persist(c).messages[-1]["granted"] is False  # the leader was heard just now
+    c.tick(1.5)  # more than an election timeout without the leader
+    c.step(dict(ask, last_index=1))
+    assert persist(c).messages[-1]["granted"] is False  # shorter log
+    c.step(dict(ask))
+    reply = persist(c).messages[-1]
+    assert reply["granted"] is True and reply["term"] == 3 and reply["pre"]
+    assert c.term == 2 and c.voted_for is None and c.leader_id == "a"  # a pre-vote changes nothing
+
+
+def test_a_stale_node_cannot_depose_a_working_leader():
+    """A follower that was cut off, and whose log is behind, keeps asking but never raises the
+    term: the leader stays leader, and the stale node only learns the leader's term."""
+    leader = core("a")
+    elect(leader, ["b"])
+    stale = core("c")
+    for t in (5.0, 8.0, 11.0):
+        stale.tick(t)
+        for ask in [m for m in persist(stale).messages if m["type"] == VOTE_REQ]:
+            assert ask["pre"]
+            leader.step(ask)
+            for reply in persist(leader).messages:
+                if reply["type"] == "vote_resp":
+                    stale.step(reply)
+    assert leader.role == LEADER and leader.term == 1 and stale.term == 1 and stale.role == "follower"
+
+
+def test_a_vote_request_alone_does_not_restart_the_election_timer():
+    c = core("b", term=1, entries=[(1, {"op": "x"})])
+    deadline = c.election_deadline
+    # A higher-term candidate with a stale log: we adopt its term but refuse the vote, and our
+    # own election timer keeps running, so the nodes that can win are not held back.
+    c.step({"type": VOTE_REQ, "from": "c", "to": "b", "term": 5, "last_index": 0, "last_term": 0, "rid": 1})
+    assert persist(c).messages[-1]["granted"] is False
+    assert c.term == 5 and c.election_deadline == deadline
+    c.step({"type": VOTE_REQ, "from": "a", "to": "b", "term": 6, "last_index": 1, "last_term": 1, "rid": 2})
+    assert persist(c).messages[-1]["granted"] is True and c.election_deadline > deadline
 
 
 def test_one_vote_per_term_and_only_for_up_to_date_logs():
@@ -159,3 +224,23 @@ def test_follower_commits_only_what_the_leader_has_verified():
     c.step(append(2, "a", 1, 1, [], commit=3))
     persist(c)
     assert c.commit_index == 1
+
+
+def test_a_snapshot_in_flight_is_resent_only_when_reported_lost():
+    """A snapshot can take long to transfer: the leader does not resend it on the AppendEntries
+    retry timer (that would stream it again and again), only once the runtime reports a failure."""
+    c = core("a", term=1, snap_index=10, snap_term=1)
+    elect(c, ["b"])
+    c.step({"type": APPEND_RESP, "from": "c", "to": "a", "term": c.term, "success": False,
+            "match": 0, "hint": 1, "seq": 0, "rid": 1})
+    c.tick(5.3)
+    sent = [m for m in persist(c).messages if m["to"] == "c"]
+    assert [m["type"] for m in sent] == [SNAP_REQ]
+    for t in (5.8, 6.5, 7.2, 7.9):  # several AppendEntries retry periods
+        c.step({"type": APPEND_RESP, "from": "b", "to": "a", "term": c.term, "success": True,
+                "match": c.last_index(), "hint": 0, "seq": 0, "rid": 2})  # b keeps the leader in office
+        c.tick(t)
+        assert c.role == LEADER and not [m for m in persist(c).messages if m["to"] == "c"]
+    c.snapshot_failed("c")
+    c.tick(8.0)
+    assert [m["type"] for m in persist(c).messages if m["to"] == "c"] == [SNAP_REQ]
