@@ -7,12 +7,14 @@ proposed only on the leader (followers forward them); reads are linearizable unl
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from http import HTTPStatus
 
 import orjson
 import requests
@@ -22,6 +24,8 @@ from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
 from cluster_manager import MESSAGE_HEADER, SECRET_HEADER, ClientError, Node, no_leader
+
+log = logging.getLogger("pickledb_cluster.api")
 
 MAX_BODY = 1024 * 1024
 MAX_SNAPSHOT_BODY = 1024 * 1024 * 1024
@@ -371,46 +375,79 @@ def create_app(node: Node) -> Flask:
     def dashboard():
         return send_file(DASHBOARD, mimetype="text/html", max_age=0)
 
-    # -------------------------------------------------------------- node-to-node RPC
-    def check_secret():
+    app.wsgi_app = raft_rpc(node, app)
+    return app
+
+
+# ------------------------------------------------------------------ node-to-node RPC
+RAFT_RPC = {"/heartbeat": "append_req", "/replicate": "append_req", "/raft/vote": "vote_req",
+            "/raft/snapshot": "snap_req"}
+SECRET_ENVIRON = "HTTP_" + SECRET_HEADER.upper().replace("-", "_")
+MESSAGE_ENVIRON = "HTTP_" + MESSAGE_HEADER.upper().replace("-", "_")
+
+
+def raft_rpc(node: Node, flask_app: Flask):
+    """WSGI app for the node-to-node endpoints (POST only); everything else goes to `flask_app`.
+    Raft traffic is on the path of every replicated write, and Flask's request handling costs
+    about 0.9 ms a call on this machine, more than all the rest of a call, so it is skipped."""
+    client_api = flask_app.wsgi_app
+    client_paths = {rule.rule for rule in flask_app.url_map.iter_rules()}  # e.g. GET /heartbeat
+
+    def check_secret(environ) -> None:
         secret = node.config.cluster_secret
         if not secret:
             return
-        given = request.headers.get(SECRET_HEADER)
+        given = environ.get(SECRET_ENVIRON)
         if given is None:
             raise BadRequest("missing cluster secret", 401, "unauthorized")
         if not hmac.compare_digest(given.encode(), secret.encode()):
             raise BadRequest("wrong cluster secret", 403, "forbidden")
 
-    def rpc(expected: str):
-        check_secret()
-        msg = raft_message(expected, request.get_data(cache=False))
-        return json_response(node.deliver(msg))
-
-    @app.post("/heartbeat")
-    def heartbeat():
-        return rpc("append_req")
-
-    @app.post("/replicate")
-    def replicate():
-        return rpc("append_req")
-
-    @app.post("/raft/vote")
-    def vote():
-        return rpc("vote_req")
-
-    @app.post("/raft/snapshot")
-    def install_snapshot():
-        check_secret()
-        request.max_content_length = MAX_SNAPSHOT_BODY
-        msg = raft_message("snap_req", (request.headers.get(MESSAGE_HEADER) or "").encode())
+    def read_body(environ, limit: int) -> bytes:
         try:
-            snapshot = orjson.loads(request.get_data(cache=False))
-            state = snapshot["state"]
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise BadRequest("invalid Content-Length")
+        if length > limit:
+            raise BadRequest("request body too large", 413, "request_entity_too_large")
+        return environ["wsgi.input"].read(length) if length > 0 else b""
+
+    def answer(expected: str, environ) -> dict:
+        check_secret(environ)
+        if expected != "snap_req":
+            return node.deliver(raft_message(expected, read_body(environ, MAX_BODY)))
+        # A snapshot is the raw pickledb file; its message travels in a header.
+        msg = raft_message(expected, environ.get(MESSAGE_ENVIRON, "").encode())
+        try:
+            state = orjson.loads(read_body(environ, MAX_SNAPSHOT_BODY))["state"]
             if not isinstance(state, dict):
                 raise TypeError
         except (orjson.JSONDecodeError, KeyError, TypeError):
             raise BadRequest("snapshot body is not a valid snapshot")
-        return json_response(node.deliver(msg, snapshot_state=state))
+        return node.deliver(msg, snapshot_state=state)
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        expected = RAFT_RPC.get(path)
+        posted = environ.get("REQUEST_METHOD") == "POST"
+        if expected is None or (not posted and path in client_paths):
+            return client_api(environ, start_response)
+        status, headers = 200, [("Content-Type", "application/json")]
+        try:
+            if not posted:
+                headers.append(("Allow", "POST"))
+                raise BadRequest(f"{path} accepts only POST", 405, "method_not_allowed")
+            body = orjson.dumps(answer(expected, environ))
+        except (BadRequest, ClientError) as exc:
+            status, body = exc.status, orjson.dumps({"error": exc.code, "message": exc.message})
+            if getattr(exc, "retry_after", None):
+                headers.append(("Retry-After", str(int(max(1, exc.retry_after)))))
+        except Exception:
+            log.exception("unhandled error in %s", environ.get("PATH_INFO"))
+            status = 500
+            body = orjson.dumps({"error": "internal_error", "message": "the node hit an unexpected error"})
+        headers.append(("Content-Length", str(len(body))))
+        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+        return [body]
 
     return app

@@ -196,6 +196,9 @@ def test_internal_endpoints_validate_messages(client):
                    "commit": 0, "seq": 0, "entries": [[1, "not a command"]]}
     assert_error(client.post("/replicate", json=bad_entries), 400)
     assert_error(client.post("/raft/snapshot", data=b"{}"), 400)
+    assert_error(client.post("/replicate", data=b"x" * (1024 * 1024 + 1)), 413, "request_entity_too_large")
+    assert_error(client.post("/raft/vote", data=b"{}", headers={"Content-Length": "many"}), 400)
+    assert_error(client.get("/raft/vote"), 405)  # only POST is an RPC; the rest is the client API's
 
 
 def test_unknown_sender_gets_no_vote(client, node):
