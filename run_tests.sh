@@ -8,4 +8,8 @@ if [[ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]]; then
   echo "The browser tests need Chromium at /usr/bin/chromium: sudo apt-get install -y chromium" >&2
   exit 1
 fi
+if ! command -v wrk > /dev/null; then
+  echo "The benchmark smoke test needs wrk: sudo apt-get install -y wrk" >&2
+  exit 1
+fi
 exec .venv/bin/python -m pytest "$@"
