@@ -50,9 +50,12 @@ def json_response(body, status: int = 200, headers: dict | None = None) -> Respo
     return Response(orjson.dumps(body), status=status, headers=headers, mimetype="application/json")
 
 
+def error_headers(retry_after: float | None) -> dict:
+    return {"Retry-After": str(int(max(1, retry_after)))} if retry_after else {}
+
+
 def error(status: int, code: str, message: str, retry_after: float | None = None) -> Response:
-    headers = {"Retry-After": str(int(max(1, retry_after)))} if retry_after else None
-    return json_response({"error": code, "message": message}, status, headers)
+    return json_response({"error": code, "message": message}, status, error_headers(retry_after))
 
 
 def never_sent(exc: requests.RequestException) -> bool:
@@ -440,8 +443,7 @@ def raft_rpc(node: Node, flask_app: Flask):
             body = orjson.dumps(answer(expected, environ))
         except (BadRequest, ClientError) as exc:
             status, body = exc.status, orjson.dumps({"error": exc.code, "message": exc.message})
-            if getattr(exc, "retry_after", None):
-                headers.append(("Retry-After", str(int(max(1, exc.retry_after)))))
+            headers.extend(error_headers(getattr(exc, "retry_after", None)).items())
         except Exception:
             log.exception("unhandled error in %s", environ.get("PATH_INFO"))
             status = 500

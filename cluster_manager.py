@@ -114,8 +114,9 @@ class PeerConnection:
         for attempt in (0, 1):
             fresh = self.conn is None
             if fresh:
-                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=connect_timeout)
-                self.conn.connect()
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=connect_timeout)
+                conn.connect()  # raises OSError when the peer is down
+                self.conn = conn
             try:
                 self.conn.sock.settimeout(timeout)
                 self.conn.request("POST", self.prefix + path, body=body, headers=headers)
@@ -189,6 +190,9 @@ class PeerSender(threading.Thread):
                     log.error("peer %s refused our cluster secret (HTTP %s)", self.peer, status)
             except (ValueError, OSError, http.client.HTTPException) as exc:  # orjson errors are ValueErrors
                 log.debug("send to %s failed: %s", self.peer, exc)
+                self.connection.close()
+            except Exception:  # never let one bad message end replication to this peer
+                log.exception("unexpected error sending to %s", self.peer)
                 self.connection.close()
             if msg["type"] == SNAP_REQ and not answered:
                 # The core waits long for a snapshot in flight (it can be big): report the failure,

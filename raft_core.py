@@ -74,8 +74,9 @@ class RaftCore:
         Elections start with a pre-vote (Raft thesis §9.6): a node whose election timer fires asks
         its peers whether they would vote for it, without raising its term; only when a majority
         would (its log is up to date and they have not heard from a leader within an election
-        timeout) does it start a real election. A node that cannot win, such as a restarted follower waiting for
-        a snapshot, then never raises the cluster's term and so never deposes a working leader."""
+        timeout) does it start a real election. A node that cannot win, such as a restarted
+        follower waiting for a snapshot, then never raises the cluster's term and so never deposes
+        a working leader."""
         self.id = node_id
         self.peers = [p for p in peers if p != node_id]
         self.election_timeout = election_timeout
