@@ -72,6 +72,15 @@ class BadRequest(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+def new_task(fields: dict) -> dict:
+    """A task document for validated create fields; its id and timestamps are chosen here,
+    once, before the entry is proposed, so every replica stores identical data."""
+    stamp = now_iso()
+    return {"id": uuid.uuid4().hex, "title": fields["title"], "description": fields.get("description", ""),
+            "completed": fields.get("completed", False), "created_at": stamp, "updated_at": stamp,
+            "version": 1}
+
+
 # ------------------------------------------------------------------ validation
 def json_object() -> dict:
     raw = request.get_data(cache=True)
@@ -252,13 +261,7 @@ def create_app(node: Node) -> Flask:
     def create_task():
         body = validate_task_fields(json_object(), creating=True)
 
-        def command():
-            stamp = now_iso()
-            return {"op": "create", "task": {
-                "id": uuid.uuid4().hex, "title": body["title"], "description": body.get("description", ""),
-                "completed": body.get("completed", False), "created_at": stamp, "updated_at": stamp,
-                "version": 1}}
-        return write(command)
+        return write(lambda: {"op": "create", "task": new_task(body)})
 
     @app.put("/tasks/<task_id>")
     def update_task(task_id):

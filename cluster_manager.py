@@ -205,7 +205,7 @@ class PeerSender(threading.Thread):
 
     def __init__(self, node: "Node", peer: str, url: str):
         super().__init__(daemon=True, name=f"sender-{peer}")
-        self.node, self.peer, self.url = node, peer, url
+        self.node, self.peer = node, peer
         self.connection = PeerConnection(url)
         self.cond = threading.Condition()
         self.pending: list[dict] = []

@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import threading
-import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -23,7 +22,7 @@ from flask import Flask  # noqa: E402
 from flask_cors import CORS  # noqa: E402
 from waitress import create_server  # noqa: E402
 
-from api_server import (MAX_BODY, BadRequest, error, json_object, json_response, now_iso,  # noqa: E402
+from api_server import (MAX_BODY, BadRequest, error, json_object, json_response, new_task,  # noqa: E402
                         validate_task_fields)
 import node_cli  # noqa: E402
 from node_cli import SERVER_THREADS  # noqa: E402
@@ -47,11 +46,7 @@ def create_app(origin: str) -> Flask:
 
     @app.post("/tasks")
     def create_task():
-        body = validate_task_fields(json_object(), creating=True)
-        stamp = now_iso()
-        task = {"id": uuid.uuid4().hex, "title": body["title"], "description": body.get("description", ""),
-                "completed": body.get("completed", False), "created_at": stamp, "updated_at": stamp,
-                "version": 1}
+        task = new_task(validate_task_fields(json_object(), creating=True))
         with lock:
             tasks[task["id"]] = task
         return json_response(task, 201)

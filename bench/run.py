@@ -23,7 +23,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, BENCH)
 
 from failover import WriteLoad  # noqa: E402
-from harness import Cluster, wait_for  # noqa: E402
+from harness import Cluster, free_ports, wait_for  # noqa: E402
 from node_cli import SERVER_THREADS  # noqa: E402
 
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
@@ -132,14 +131,6 @@ def machine_info(workdir: str) -> dict:
             "load_avg_before": os.getloadavg()[0], "busy_cpu_before": round(busy_cpu_fraction(0.5), 3)}
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 # ------------------------------------------------------------------ load generation
 def run_wrk(url: str, script: str, clients: int, duration: float, env: dict | None = None,
             pids: dict | None = None) -> dict:
@@ -225,7 +216,7 @@ def some_task_ids(url: str, n: int) -> list[str]:
 # ------------------------------------------------------------------ servers
 class Baseline:
     def __init__(self, workdir: str):
-        self.port = free_port()
+        self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = os.path.join(workdir, "baseline.log")
         self.proc = None
