@@ -260,7 +260,6 @@ def create_app(node: Node) -> Flask:
     @app.post("/tasks")
     def create_task():
         body = validate_task_fields(json_object(), creating=True)
-
         return write(lambda: {"op": "create", "task": new_task(body)})
 
     @app.put("/tasks/<task_id>")
