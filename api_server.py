@@ -54,8 +54,13 @@ def error_headers(retry_after: float | None) -> dict:
     return {"Retry-After": str(int(max(1, retry_after)))} if retry_after else {}
 
 
+def error_body(code: str, message: str) -> bytes:
+    return orjson.dumps({"error": code, "message": message})
+
+
 def error(status: int, code: str, message: str, retry_after: float | None = None) -> Response:
-    return json_response({"error": code, "message": message}, status, error_headers(retry_after))
+    return Response(error_body(code, message), status=status, headers=error_headers(retry_after),
+                    mimetype="application/json")
 
 
 def never_sent(exc: requests.RequestException) -> bool:
@@ -444,12 +449,12 @@ def raft_rpc(node: Node, flask_app: Flask):
                 raise BadRequest(f"{path} accepts only POST", 405, "method_not_allowed")
             body = orjson.dumps(answer(expected, environ))
         except (BadRequest, ClientError) as exc:
-            status, body = exc.status, orjson.dumps({"error": exc.code, "message": exc.message})
+            status, body = exc.status, error_body(exc.code, exc.message)
             headers.extend(error_headers(getattr(exc, "retry_after", None)).items())
         except Exception:
             log.exception("unhandled error in %s", environ.get("PATH_INFO"))
             status = 500
-            body = orjson.dumps({"error": "internal_error", "message": "the node hit an unexpected error"})
+            body = error_body("internal_error", "the node hit an unexpected error")
         headers.append(("Content-Length", str(len(body))))
         start_response(f"{status} {HTTPStatus(status).phrase}", headers)
         return [body]

@@ -106,6 +106,7 @@ class PeerClosed(OSError):
 
 MAX_RESPONSE_HEAD = 64 * 1024
 
+
 class PeerConnection:
     """One keep-alive HTTP/1.1 connection to a peer, spoken directly over a socket: one
     sendall per request and a minimal parser for the responses of our own peers (status line,

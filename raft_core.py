@@ -184,18 +184,17 @@ class RaftCore:
         self.pre_votes = {self.id}
         self.election_deadline = self.now + self._random_timeout()
         for peer in self.peers:
-            self._send(peer, {"type": VOTE_REQ, "pre": True, "last_index": self.last_index(),
-                              "last_term": self.last_term()})
-            self._out[-1]["term"] = self.term + 1  # the term we would stand in; ours is unchanged
+            # Stands for the term we would run in; our own term is unchanged.
+            self._send(peer, {"type": VOTE_REQ, "pre": True, "term": self.term + 1,
+                              "last_index": self.last_index(), "last_term": self.last_term()})
 
     def _on_prevote_req(self, msg: dict) -> None:
         up_to_date = (msg["last_term"], msg["last_index"]) >= (self.last_term(), self.last_index())
         leader_alive = self.role == LEADER or (
             self.leader_id is not None and self.now - self.leader_contact < self.election_timeout)
         grant = msg["term"] > self.term and up_to_date and not leader_alive
-        self._reply(msg, {"type": VOTE_RESP, "pre": True, "granted": grant})
-        if grant:
-            self._out[-1]["term"] = msg["term"]
+        self._reply(msg, {"type": VOTE_RESP, "pre": True, "granted": grant,
+                          "term": msg["term"] if grant else self.term})
 
     def _on_prevote_resp(self, msg: dict) -> None:
         if msg["granted"]:
@@ -366,7 +365,7 @@ class RaftCore:
     def _send(self, to: str, msg: dict) -> None:
         msg["from"] = self.id
         msg["to"] = to
-        msg["term"] = self.term
+        msg.setdefault("term", self.term)  # only pre-votes carry another (the prospective) term
         self._out.append(msg)
 
     def _reply(self, req: dict, msg: dict) -> None:

@@ -61,6 +61,15 @@ def rnd(x, nd=3):
     return None if x is None else round(x, nd)
 
 
+def summarize(rs: list[dict]) -> dict:
+    """Medians of repeated wrk runs (errors are summed)."""
+    out = {"rps": rnd(median(r["rps"] for r in rs), 1), "p50_ms": rnd(median(r["p50_ms"] for r in rs)),
+           "p99_ms": rnd(median(r["p99_ms"] for r in rs)), "errors": sum(r["errors"] for r in rs)}
+    if "cpu" in rs[0]:
+        out["cpu"] = {p: rnd(median(r["cpu"][p] for r in rs), 2) for p in rs[0]["cpu"]}
+    return out
+
+
 # ------------------------------------------------------------------ process probes
 def cpu_seconds(pid: int) -> float:
     try:
@@ -292,13 +301,10 @@ def bench_writes(cfg, base: Baseline, workdir: str, res: dict) -> list[dict]:
             for k in cfg.clients:
                 rs = runs[k]
                 rows.append({
-                    "nodes": n, "clients": k, "rps": rnd(median(r["rps"] for r in rs), 1),
-                    "p50_ms": rnd(median(r["p50_ms"] for r in rs)), "p99_ms": rnd(median(r["p99_ms"] for r in rs)),
-                    "errors": sum(r["errors"] for r in rs),
+                    "nodes": n, "clients": k, **summarize(rs),
                     "baseline_rps": rnd(median(r["baseline_rps"] for r in rs), 1),
                     "baseline_p50_ms": rnd(median(r["baseline_p50_ms"] for r in rs)),
                     "ratio": rnd(median(r["rps"] / r["baseline_rps"] for r in rs)),
-                    "cpu": {p: rnd(median(r["cpu"][p] for r in rs), 2) for p in rs[0]["cpu"]},
                     "baseline_cpu": rnd(median(r["baseline_cpu"] for r in rs), 2),
                     "runs": [{k2: (rnd(v, 3) if isinstance(v, float) else v) for k2, v in r.items()} for r in rs],
                 })
@@ -337,10 +343,7 @@ def bench_reads(cfg, base: Baseline, c: Cluster, leader: str) -> dict:
             f"{lin['rps']:.0f}, follower stale {stale['rps']:.0f} req/s (errors {lin['errors']}/{stale['errors']})")
     out = {"clients": k}
     for kind in ("baseline", "linearizable_leader", "stale_follower"):
-        rs = [r[kind] for r in runs]
-        out[kind] = {"rps": rnd(median(r["rps"] for r in rs), 1), "p50_ms": rnd(median(r["p50_ms"] for r in rs)),
-                     "p99_ms": rnd(median(r["p99_ms"] for r in rs)), "errors": sum(r["errors"] for r in rs),
-                     "cpu": {p: rnd(median(r["cpu"][p] for r in rs), 2) for p in rs[0]["cpu"]}}
+        out[kind] = summarize([r[kind] for r in runs])
         if kind != "baseline":
             out[kind]["ratio"] = rnd(median(r[kind]["rps"] / r["baseline"]["rps"] for r in runs))
     return out
@@ -407,8 +410,7 @@ def bench_scale(cfg, workdir: str) -> dict:
                 r["stored_before"] = start
                 rs.append(r)
                 log(f"  {label}: {r['rps']:.0f} req/s with {start} tasks stored (p99 {r['p99_ms']:.0f} ms)")
-            return {"rps": rnd(median(r["rps"] for r in rs), 1), "p99_ms": rnd(median(r["p99_ms"] for r in rs)),
-                    "stored_before": [r["stored_before"] for r in rs], "errors": sum(r["errors"] for r in rs),
+            return {**summarize(rs), "stored_before": [r["stored_before"] for r in rs],
                     "runs_rps": [rnd(r["rps"], 1) for r in rs]}
 
         log(f"scale: preloading {cfg.scale_small} tasks")
