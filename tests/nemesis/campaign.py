@@ -7,7 +7,9 @@ history) -> wait until every node's applied index is equal -> snapshot every rep
 (stale reads) -> run the checkers:
 
   linearizability (per key, /set registers and task descriptions), lost writes, stale
-  reads never showing unwritten values, convergence, one leader per term.
+  reads never showing unwritten values, convergence, one leader per term; plus no node
+  process exiting by itself (ExitWatch), every damaged-file start answered correctly
+  (disk faults), every hostile request answered correctly and none of them leaving data.
 
 Command line (from the repository root):
 
@@ -37,21 +39,22 @@ from typing import Optional
 
 from .checkers import (CheckResult, check_convergence, check_lost_writes,
                        check_one_leader_per_term, check_stale_reads, parse_leader_claims)
-from .cluster import (NemesisCluster, established_connections, http_call,
+from .cluster import (ExitWatch, NemesisCluster, established_connections, http_call,
                       tail)
 from .history import FAIL, OK, UNKNOWN, History, Op, format_summary, load_history, summarize
+from .hostile import HostileTraffic, check_hostile_data
 from .linearizability import check_history_linearizable
 from .nemesis import Nemesis
 from .proxy import ProxyNet
 from .schedule import PROFILES, Schedule, make_schedule
-from .workload import Workload, classify, normalize_result
+from .workload import DEFAULT_MIX, LARGE_MIX, Workload, classify, normalize_result, shrink
 
 BARRIER_KEY = "__nemesis_barrier__"
 # After healing, a healthy cluster elects a leader and converges in a few seconds; give it
 # this long for each recovery step before reporting NO RECOVERY.
 RECOVERY_TIMEOUT = 20.0
 
-# The bounded CI campaign: (profile, nodes, seconds of faults+workload). About 3 minutes
+# The bounded CI campaign: (profile, nodes, seconds of faults+workload). About 4.5 minutes
 # in all on a 2-core machine, including start-up, healing and checking.
 CI_RUNS = (
     ("kill", 3, 14),
@@ -60,6 +63,9 @@ CI_RUNS = (
     ("crash", 3, 16),
     ("net", 3, 12),
     ("mixed", 5, 18),
+    ("disk", 3, 16),
+    ("large", 3, 12),
+    ("hostile", 3, 12),
 )
 
 
@@ -71,6 +77,7 @@ class RunConfig:
     duration: float
     clients: int = 8
     workdir: Optional[Path] = None
+    slow_clients: int = 4        # concurrent slow clients in runs with hostile traffic
 
     def label(self) -> str:
         return f"{self.profile}-n{self.nodes}-seed{self.seed}"
@@ -92,6 +99,41 @@ class RunResult:
 
 def derive_seed(base: int, index: int) -> int:
     return random.Random(f"{base}/{index}").randrange(1, 10**9)
+
+
+def list_all_tasks(url: str, query: str = "", timeout: float = 8.0):
+    """(first failed answer or None, {"tasks", "total", "index"}): every page of GET /tasks,
+    following offsets (the server may cap a page)."""
+    tasks, offset, first = [], 0, None
+    while True:
+        r = http_call(url, "GET", f"/tasks?{query}offset={offset}", timeout=timeout)
+        if not (r.ok and isinstance(r.body, dict) and isinstance(r.body.get("tasks"), list)):
+            return r, None
+        first = first or r.body
+        page = r.body["tasks"]
+        tasks += page
+        if not page or len(tasks) >= r.body.get("total", 0):
+            return None, {"tasks": tasks, "total": r.body.get("total"),
+                          "index": first.get("index")}
+        offset += len(page)
+
+
+def _final_list(history: History, url: str) -> Op:
+    """The final linearizable listing of every task (possibly several pages: nothing
+    writes any more), recorded as one read."""
+    op = Op(id=history.new_id(), process=-1, f="list", node=url, consistency="linearizable")
+    op.invoke = history.now()
+    failed, listing = list_all_tasks(url)
+    op.complete = history.now()
+    if failed is not None:
+        op.status = failed.status
+        op.outcome, op.error = classify(failed, "list", True)
+        if op.outcome == OK:           # a 2xx that is not a listing
+            op.outcome, op.error = UNKNOWN, f"unexpected answer {str(failed.body)[:80]}"
+    else:
+        op.status, op.outcome, op.result = 200, OK, shrink(listing)
+    history.record(op)
+    return op
 
 
 def _final_call(history: History, url: str, f: str, method: str, path: str, body=None,
@@ -124,15 +166,15 @@ def _retry(fn, timeout: float, what: str):
 
 def _snapshot_node(url: str) -> Optional[dict]:
     st = http_call(url, "GET", "/status", timeout=3)
-    tasks = http_call(url, "GET", "/tasks?consistency=stale", timeout=5)
-    jobs = http_call(url, "GET", "/jobs?consistency=stale", timeout=5)
+    failed, tasks = list_all_tasks(url, "consistency=stale&")
+    jobs = http_call(url, "GET", "/jobs?consistency=stale", timeout=8)
     st2 = http_call(url, "GET", "/status", timeout=3)
-    if not (st.ok and tasks.ok and jobs.ok and st2.ok):
+    if not (st.ok and failed is None and jobs.ok and st2.ok):
         return None
     if st.body.get("applied_index") != st2.body.get("applied_index"):
         return None                         # changed while we looked: take it again
-    return {"applied_index": st.body.get("applied_index"), "tasks": tasks.body.get("tasks"),
-            "jobs": jobs.body, "total": tasks.body.get("total")}
+    return {"applied_index": st.body.get("applied_index"), "tasks": shrink(tasks["tasks"]),
+            "jobs": shrink(jobs.body), "total": tasks["total"]}
 
 
 def converge(cluster: NemesisCluster, timeout: float = 30.0):
@@ -204,6 +246,36 @@ def check_all(ops: list, final_jobs: Optional[dict], final_tasks: Optional[list]
     return checks
 
 
+def run_checks(exits: Optional[ExitWatch], nem: Optional[Nemesis],
+               hostile: Optional[HostileTraffic], final_jobs, final_tasks, snapshots,
+               leader_url) -> list:
+    """The checks that need the run's live objects rather than the history."""
+    checks = []
+    if exits is not None:
+        c = CheckResult("node-exits", info={"unexpected": len(exits.exits)})
+        for t, i, incarnation, rc, log_tail in exits.exits:
+            c.fail(f"t={t:.3f} node{i} (start #{incarnation}) exited by itself with status "
+                   f"{rc}; log tail:\n      " + log_tail.replace("\n", "\n      "))
+        checks.append(c)
+    if nem is not None and nem.disk_faults:
+        c = CheckResult("disk-faults", info={"faults": nem.disk_faults})
+        for finding in nem.disk_findings:
+            c.fail(finding)
+        checks.append(c)
+    if hostile is not None:
+        c = CheckResult("hostile-requests", info={"sent": len(hostile.sent)})
+        for problem in hostile.problems:
+            c.fail(problem)
+        replicas = {url: (s.get("jobs"), s.get("tasks")) for url, s in (snapshots or {}).items()}
+        if final_jobs is not None:
+            replicas[f"final read via {leader_url}"] = (final_jobs, final_tasks)
+        for problem in check_hostile_data(replicas, hostile.accepted_marks):
+            c.fail(problem)
+        c.info["answers"] = json.dumps(hostile.counts(), sort_keys=True)
+        checks.append(c)
+    return checks
+
+
 def proxied_cluster(workdir, n: int, net: ProxyNet, env: Optional[dict] = None
                     ) -> NemesisCluster:
     """A (not yet started) cluster whose every directed node-to-node link goes through a
@@ -241,6 +313,8 @@ def run_one(cfg: RunConfig, out=None) -> RunResult:
     cluster = None
     nem = None
     workload = None
+    hostile = None
+    exits = None
     history = History(workdir / "history.jsonl")
     final_jobs = final_tasks = snapshots = leader_url = claims = None
     try:
@@ -251,15 +325,25 @@ def run_one(cfg: RunConfig, out=None) -> RunResult:
         cluster.wait_for_leader(30)
 
         history.t0 = time.monotonic()
-        workload = Workload(cluster.urls, history, cfg.seed, clients=cfg.clients)
+        exits = ExitWatch(cluster, history.now)
+        exits.start()
+        workload = Workload(cluster.urls, history, cfg.seed, clients=cfg.clients,
+                            mix=LARGE_MIX if "large" in sched.traffic else DEFAULT_MIX)
+        if "hostile" in sched.traffic:
+            hostile = HostileTraffic(cluster, workload, history, cfg.seed,
+                                     slow_clients=cfg.slow_clients)
         nem = Nemesis(cluster, net, sched, history.now)
         workload.start()
+        if hostile is not None:
+            hostile.start()
         nem.start()
         stop = threading.Event()
         stop.wait(cfg.duration)              # the run's length, not a race-hiding sleep
         nem.stop_event.set()
         nem.join(15)
         workload.stop()
+        if hostile is not None:
+            hostile.stop()
         nem.heal_all()
 
         # ---- recovery
@@ -281,19 +365,20 @@ def run_one(cfg: RunConfig, out=None) -> RunResult:
                 jobs_op = _retry(lambda: _final_call(history, lurl, "get_all", "GET", "/jobs",
                                                      consistency="linearizable"),
                                  RECOVERY_TIMEOUT, "final GET /jobs")
-                tasks_op = _retry(lambda: _final_call(history, lurl, "list", "GET", "/tasks",
-                                                      consistency="linearizable"),
-                                  RECOVERY_TIMEOUT, "final GET /tasks")
+                tasks_op = _retry(lambda: _final_list(history, lurl), RECOVERY_TIMEOUT,
+                                  "final GET /tasks")
                 final_jobs = jobs_op.result
                 final_tasks = tasks_op.result["tasks"]
                 if tasks_op.result.get("total") != len(final_tasks):
-                    result.problems.append("final GET /tasks was paginated unexpectedly")
+                    result.problems.append(f"final GET /tasks: {len(final_tasks)} tasks in "
+                                           f"its pages, but total={tasks_op.result.get('total')}")
             except TimeoutError as e:
                 result.problems.append(f"NO RECOVERY: {e}")
             snapshots, leader_url, problem = converge(cluster, RECOVERY_TIMEOUT)
             if problem:
                 result.problems.append(problem)
         claims = leader_claims(cluster)
+        exits.stop()
         carried = sum(s["bytes"] for s in net.stats().values())
         if carried == 0:
             result.problems.append("PROXY NOT IN PATH: no node-to-node byte went through the "
@@ -308,6 +393,13 @@ def run_one(cfg: RunConfig, out=None) -> RunResult:
                 workload.stop()
             except Exception:
                 pass
+        if hostile is not None and not hostile.stop_event.is_set():
+            try:
+                hostile.stop()
+            except Exception:
+                pass
+        if exits is not None:
+            exits.stop()
         if nem is not None:
             nem.stop_event.set()
         if cluster is not None:
@@ -323,7 +415,11 @@ def run_one(cfg: RunConfig, out=None) -> RunResult:
     writes_ok = sum(1 for o in ops if o.is_write and o.outcome == OK and o.process >= 0)
     if ops and writes_ok == 0:
         result.problems.append("NO PROGRESS: not a single client write was acknowledged")
+    if hostile is not None and hostile.error:
+        result.problems.append("HOSTILE TRAFFIC ERROR: " + hostile.error)
     result.checks = check_all(ops, final_jobs, final_tasks, snapshots, leader_url, claims)
+    result.checks += run_checks(exits, nem, hostile, final_jobs, final_tasks, snapshots,
+                                leader_url)
     result.ok = not result.problems and all(c.ok for c in result.checks)
     result.elapsed = time.monotonic() - t_start
     result.report = format_report(result, cluster)

@@ -8,12 +8,17 @@ links, ``PICKLEDB_SNAPSHOT_EVERY``) with a per-start ``extra_env``
 (``PICKLEDB_CRASH_POINT``). Node output goes to the harness's per-node log file in append
 mode, so every incarnation's ``ROLE leader term=T node=URL`` lines stay available to the
 one-leader-per-term checker. Every process started here is stopped by ``stop()``.
+
+Each node knows whether its process may exit now (killed or stopped by the nemesis, armed
+with a crash point, started on damaged files); ``ExitWatch`` reports every other exit: a
+node that died by itself.
 """
 from __future__ import annotations
 
 import http.client
 import json
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -110,6 +115,8 @@ class _Proc:
         self.paused = False
         self.extra_env: dict = {}
         self.starts = 0
+        self.may_exit = True          # False while running normally: an exit is a finding
+        self.lock = threading.Lock()  # start/kill/stop versus ExitWatch's look
 
     def alive(self) -> bool:
         return self.h.alive
@@ -117,22 +124,28 @@ class _Proc:
     def returncode(self):
         return None if self.h.proc is None else self.h.proc.poll()
 
-    def start(self, extra_env: Optional[dict] = None):
+    def start(self, extra_env: Optional[dict] = None, may_exit: bool = False):
         """Start without waiting (a node armed with a crash point may die before it
-        answers); ``NemesisCluster.wait_ready`` polls when needed."""
-        if self.alive():
-            raise RuntimeError(f"node {self.index} already running")
-        self.extra_env = dict(extra_env or {})
-        self.starts += 1
-        with open(self.log_path, "ab") as log:
-            log.write(f"=== nemesis: start #{self.starts} of node{self.index} {self.url} "
-                      f"extra_env={json.dumps(self.extra_env)} at {time.time():.3f}\n".encode())
-        self.h.start(wait=False)
-        self.paused = False
+        answers); ``NemesisCluster.wait_ready`` polls when needed. ``may_exit``: the process
+        is expected to exit by itself (crash points make that implicit)."""
+        with self.lock:
+            if self.alive():
+                raise RuntimeError(f"node {self.index} already running")
+            self.extra_env = dict(extra_env or {})
+            self.starts += 1
+            with open(self.log_path, "ab") as log:
+                log.write(f"=== nemesis: start #{self.starts} of node{self.index} {self.url} "
+                          f"extra_env={json.dumps(self.extra_env)} at {time.time():.3f}\n"
+                          .encode())
+            self.h.start(wait=False)
+            self.may_exit = may_exit or "PICKLEDB_CRASH_POINT" in self.extra_env
+            self.paused = False
 
     def kill9(self):
-        self.h.kill9()
-        self.paused = False
+        with self.lock:
+            self.may_exit = True
+            self.h.kill9()
+            self.paused = False
 
     def pause(self):
         if self.alive():
@@ -145,8 +158,12 @@ class _Proc:
         self.paused = False
 
     def stop(self):
-        self.h.stop()
-        self.paused = False
+        """SIGTERM, then wait (the harness kill -9s after 10 s); returns the exit status."""
+        with self.lock:
+            self.may_exit = True
+            rc = self.h.stop()
+            self.paused = False
+            return rc
 
 
 class NemesisCluster:
@@ -251,6 +268,40 @@ class NemesisCluster:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class ExitWatch(threading.Thread):
+    """Polls the node processes; every exit of a node that was not expected to exit (see
+    ``_Proc.may_exit``) is recorded once per incarnation with its status and log tail."""
+
+    def __init__(self, cluster: NemesisCluster, clock, interval: float = 0.2):
+        super().__init__(name="exit-watch", daemon=True)
+        self.cluster = cluster
+        self.clock = clock
+        self.interval = interval
+        self.stop_event = threading.Event()
+        self.exits: list = []          # (t, node index, incarnation, returncode, log tail)
+        self._seen: set = set()
+
+    def poll(self):
+        for p in self.cluster.procs:
+            with p.lock:
+                if p.h.proc is None or p.alive() or p.may_exit or \
+                        (p.index, p.starts) in self._seen:
+                    continue
+                self._seen.add((p.index, p.starts))
+                self.exits.append((self.clock(), p.index, p.starts, p.returncode(),
+                                   tail(p.log_path, 12)))
+
+    def run(self):
+        while not self.stop_event.wait(self.interval):
+            self.poll()
+
+    def stop(self):
+        self.stop_event.set()
+        if self.is_alive():
+            self.join(5)
+        self.poll()
 
 
 def established_connections(port: int) -> int:

@@ -11,6 +11,12 @@ Fault semantics
   crash      kill -9 the target and restart it with PICKLEDB_CRASH_POINT=point:hit, so it
              dies at that point inside storage; end: restart it without the crash point
              (after killing it if the point was never reached)
+  disk       stop the target (SIGTERM or kill -9), damage one of its files (a bit flip in a
+             WAL segment or the snapshot, or the snapshot deleted; see disk.py), start it:
+             it must refuse (exit non-zero, one ``error:`` line naming the file, no
+             traceback, no file touched) unless the damage is indistinguishable from a
+             recoverable state; then put the original bytes back. end: start it again.
+             Every wrong answer is a finding (``disk_findings``).
   isolate    block every link to and from the target
   split      block every link between a minority and the rest ("with_leader": the
              minority is made to contain the current leader)
@@ -25,10 +31,12 @@ Fault semantics
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 from typing import Optional
 
-from .cluster import NemesisCluster
+from . import disk
+from .cluster import NemesisCluster, http_call
 from .proxy import ProxyNet
 from .schedule import Event, Schedule
 
@@ -46,6 +54,9 @@ class Nemesis(threading.Thread):
         self.resolved: dict = {}            # fault id -> node indexes acted on
         self.armed: dict = {}               # node index -> crash spec
         self.crashes: list = []             # (node, spec, returncode) observed
+        self.down_for_disk: set = set()     # nodes a disk fault left stopped (files restored)
+        self.disk_faults = 0
+        self.disk_findings: list = []       # wrong answers to damaged files
         self.error: Optional[str] = None
         self._lock = threading.Lock()
 
@@ -130,6 +141,8 @@ class Nemesis(threading.Thread):
                     else:
                         c.node(i).pause()
                 self.note(f"#{ev.fault} {k} {a['targets']} -> nodes {nodes}")
+            elif k == "disk":
+                self._disk_fault(ev)
             elif k == "crash":
                 i = self.resolve(a["target"])
                 spec = f"{a['point']}:{a['hit']}"
@@ -150,6 +163,13 @@ class Nemesis(threading.Thread):
                 for i in nodes:
                     c.node(i).resume()
                 self.note(f"#{ev.fault} end pause: resumed nodes {nodes}")
+            elif k == "disk":
+                for i in nodes:
+                    if i in self.down_for_disk:
+                        self.down_for_disk.discard(i)
+                        c.node(i).start()
+                        self.note(f"#{ev.fault} end disk: node{i} restarted on its original "
+                                  f"files")
             elif k == "crash":
                 for i in nodes:
                     p = c.node(i)
@@ -161,6 +181,65 @@ class Nemesis(threading.Thread):
             else:
                 net.heal()
                 self.note(f"#{ev.fault} end {k}: network healed")
+
+    def _disk_fault(self, ev: Event, start_timeout: float = 20.0):
+        a = ev.args
+        i = self.resolve(a["target"])
+        p = self.cluster.node(i)
+        self.resolved[ev.fault] = [i]
+        if a["stop"] == "term":
+            rc = p.stop()
+        else:
+            p.kill9()
+            rc = p.returncode()
+        self.disk_faults += 1
+        original = disk.read_tree(p.data_dir)
+        damage = disk.plan_damage(p.data_dir, a)
+        damage.apply()
+        damaged = disk.read_tree(p.data_dir)
+        self.note(f"#{ev.fault} disk node{i} stopped ({a['stop']}, rc={rc}); "
+                  f"{damage.describe()}")
+        log_from = disk.file_size(p.log_path)
+        p.start(may_exit=True)
+        outcome = self._await_start(p, start_timeout)
+        output = disk.output_since(p.log_path, log_from)
+        shown = disk.error_line(output) or disk.tail_lines(output, 1)
+        problems = []
+        if outcome == "refused":
+            problems = disk.judge_refusal(damage, p.returncode(), output, damaged,
+                                          disk.read_tree(p.data_dir))
+            self.note(f"#{ev.fault} disk node{i} refused to start (rc={p.returncode()}): "
+                      f"{shown}")
+        elif outcome == "started" and damage.may_start:
+            p.may_exit = False             # a legitimate start: it serves on from here
+            self.note(f"#{ev.fault} disk node{i} started, which this damage allows")
+            return
+        elif outcome == "started":
+            problems = ["STARTED on damaged files (it must refuse)"]
+            p.kill9()
+        else:
+            problems = [f"neither refused nor answered /health within {start_timeout}s"]
+            p.kill9()
+        for problem in problems:
+            self.disk_findings.append(f"node{i} {damage.describe()}: {problem}; its output: "
+                                      f"{disk.tail_lines(output, 6)}")
+        damage.restore()
+        if disk.read_tree(p.data_dir) != original:
+            disk.write_tree(p.data_dir, original)     # it changed files: undo all of it
+        self.down_for_disk.add(i)
+        self.note(f"#{ev.fault} disk node{i}: {outcome}; original files restored"
+                  + (f"; WRONG: {'; '.join(problems)}" if problems else ""))
+
+    def _await_start(self, p, timeout: float) -> str:
+        """'refused' (the process exited), 'started' (it answers /health) or 'hung'."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not p.alive():
+                return "refused"
+            if http_call(p.url, "GET", "/health", timeout=0.5, connect_timeout=0.3).status == 200:
+                return "started"
+            time.sleep(0.1)
+        return "refused" if not p.alive() else "hung"
 
     def _net_fault(self, ev: Event):
         c, net, a, k = self.cluster, self.net, ev.args, ev.kind
@@ -228,6 +307,7 @@ class Nemesis(threading.Thread):
             self.join(10)
         self.watch_crashes()
         self.net.heal()
+        self.down_for_disk.clear()          # their files were restored when damaged
         for i, p in enumerate(self.cluster.procs):
             if p.paused:
                 p.resume()

@@ -8,8 +8,12 @@ for the same arguments, so a failure's printed seed and profile replay the same 
 Events come in (start, end) pairs sharing a fault id. Targets are node indexes chosen by
 the seed, or "leader", which the executor resolves when the event fires (and logs what it
 resolved to). Faults run on up to two tracks: a process track (kill -9, SIGSTOP, storage
-crash points) and a network track (partitions, one-way loss, delay, drops), so the "mixed"
-profile overlaps a process fault with a network fault but never two faults of one track.
+crash points, disk damage) and a network track (partitions, one-way loss, delay, drops), so
+the "mixed" profile overlaps a process fault with a network fault but never two faults of one
+track.
+
+A profile also names the client traffic of its runs (``TRAFFIC``): the default workload, plus
+large entries ("large") or hostile requests ("hostile") mixed in.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-PROC_KINDS = ("kill", "pause", "crash")
+PROC_KINDS = ("kill", "pause", "crash", "disk")
 NET_KINDS = ("isolate", "split", "oneway", "resp_loss", "bridge", "delay", "drop")
 
 PROFILES = {
@@ -28,11 +32,17 @@ PROFILES = {
     "pause": (("pause",), ()),
     "partition": ((), ("isolate", "split", "oneway", "resp_loss", "bridge")),
     "crash": (("crash", "kill"), ()),
+    "disk": (("disk",), ()),
     "net": ((), ("delay", "drop")),
-    "mixed": (("kill", "pause", "crash"), NET_KINDS),
+    "large": (("kill", "pause"), ()),
+    "hostile": (("kill",), ()),
+    "mixed": (("kill", "pause", "crash", "disk"), NET_KINDS),
 }
+# Client traffic added to the default workload, per profile.
+TRAFFIC = {"large": ("large",), "hostile": ("hostile",)}
 
 CRASH_POINTS = ("wal_before_fsync", "snapshot_before_truncate", "snapshot_before_rename")
+DISK_DAMAGE = ("wal", "snap", "delete_snap")
 
 
 @dataclass
@@ -57,10 +67,12 @@ class Schedule:
     duration: float
     snapshot_every: Optional[int]
     events: list
+    traffic: tuple = ()
 
     def header(self) -> str:
+        traffic = f" traffic={'+'.join(self.traffic)}" if self.traffic else ""
         return (f"seed={self.seed} profile={self.profile} nodes={self.n} "
-                f"duration={self.duration:g}s snapshot_every={self.snapshot_every}")
+                f"duration={self.duration:g}s snapshot_every={self.snapshot_every}{traffic}")
 
     def replay_command(self) -> str:
         return (f"python -m tests.nemesis.campaign --seed {self.seed} --profile "
@@ -93,6 +105,14 @@ def _fault_args(kind: str, rng: random.Random, n: int) -> dict:
         point = rng.choices(CRASH_POINTS, weights=(3, 2, 1))[0]
         hit = rng.randint(1, 15) if point == "wal_before_fsync" else rng.randint(1, 2)
         return {"target": _pick_target(rng, n, 0.6), "point": point, "hit": hit}
+    if kind == "disk":
+        # One bit anywhere in a file, or (header) in a record header, where a confused
+        # torn-tail check would look; where exactly is resolved against the files when the
+        # fault fires (see disk.plan_damage).
+        return {"target": _pick_target(rng, n, 0.4), "stop": rng.choice(["term", "kill"]),
+                "damage": rng.choices(DISK_DAMAGE, weights=(5, 3, 2))[0],
+                "file": round(rng.random(), 4), "pos": round(rng.random(), 6),
+                "bit": rng.randrange(64), "header": rng.random() < 0.3}
     if kind == "isolate":
         return {"target": _pick_target(rng, n, 0.7)}
     if kind == "split":
@@ -119,7 +139,7 @@ def _fault_args(kind: str, rng: random.Random, n: int) -> dict:
 
 
 _DURATIONS = {
-    "kill": (0.5, 4.0), "pause": (0.3, 3.0), "crash": (2.0, 6.0),
+    "kill": (0.5, 4.0), "pause": (0.3, 3.0), "crash": (2.0, 6.0), "disk": (1.0, 3.0),
     "isolate": (1.0, 4.0), "split": (1.0, 4.0), "oneway": (1.0, 4.0),
     "resp_loss": (1.0, 3.0), "bridge": (1.5, 4.0), "delay": (1.0, 4.0), "drop": (1.0, 4.0),
 }
@@ -133,7 +153,7 @@ def make_schedule(seed: int, profile: str, n: int, duration: float,
     proc_kinds, net_kinds = PROFILES[profile]
     if n < 5:
         net_kinds = tuple(k for k in net_kinds if k != "bridge")
-    uses_snapshots = "crash" in proc_kinds or profile == "mixed"
+    uses_snapshots = "crash" in proc_kinds or "disk" in proc_kinds
     snapshot_every = rng.choice((20, 30, 50)) if uses_snapshots else None
     events: list = []
     fid = 0
@@ -153,4 +173,5 @@ def make_schedule(seed: int, profile: str, n: int, duration: float,
             events.append(Event(round(t + d, 3), fid, "end", kind, {}))
             t += d + rng.uniform(0.5, 3.0)
     events.sort(key=lambda e: (e.t, e.phase != "end", e.fault))
-    return Schedule(seed, profile, n, duration, snapshot_every, events)
+    return Schedule(seed, profile, n, duration, snapshot_every, events,
+                    TRAFFIC.get(profile, ()))

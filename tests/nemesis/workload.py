@@ -17,9 +17,17 @@ Operation mix: ``/set`` on a small key space (so writes contend), ``GET /jobs/<k
 update (unique description per update) and delete on a small pool of recent tasks, and
 ``GET /tasks/<id>`` / ``GET /tasks`` reads (linearizable and stale). All values written are
 unique, which keeps the linearizability search small.
+
+``LARGE_MIX`` adds large entries: ``/set`` values of 900,000 characters or exactly filling
+the 1 MiB body cap, and tasks created or updated with 10,000-character descriptions (the
+cap), on the same keys and tasks as the small writes. Every string longer than
+``SHRINK_OVER`` is recorded as its length and SHA-256 (``shrink``), in arguments and results
+alike, so the checkers compare exact contents without megabytes per history line.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import threading
 import time
@@ -34,7 +42,43 @@ DEFAULT_MIX = (
     ("create", 12), ("update", 12), ("delete", 4),
     ("read_task", 8), ("read_task_stale", 4), ("list", 3), ("list_stale", 2),
 )
+# Lists are rarer than in DEFAULT_MIX: each returns every task, 10 KB apiece.
+LARGE_MIX = (
+    ("set", 20), ("get", 10), ("get_stale", 6), ("get_all", 3), ("get_all_stale", 2),
+    ("create", 12), ("update", 12), ("delete", 4),
+    ("read_task", 8), ("read_task_stale", 4), ("list", 1), ("list_stale", 1),
+    ("set_big", 3), ("create_big", 6), ("update_big", 6),
+)
 DEFINITE_503 = ("no_leader", "not_committed")
+MAX_BODY = 1024 * 1024            # the API's body cap
+MAX_DESCRIPTION = 10_000          # the API's description cap
+BIG_VALUE = 900_000
+SHRINK_OVER = 512
+
+
+def shrink(value):
+    """``value`` with every string longer than SHRINK_OVER replaced by its length and
+    SHA-256 (a different content gives a different stand-in)."""
+    if isinstance(value, str):
+        if len(value) <= SHRINK_OVER:
+            return value
+        digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+        return f"<{len(value)} chars sha256:{digest}>"
+    if isinstance(value, dict):
+        return {k: shrink(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shrink(v) for v in value]
+    return value
+
+
+def filler(tag: str, length: int) -> str:
+    """A unique string of exactly ``length`` characters that starts with ``tag``."""
+    return (tag + ":" + "x" * length)[:length]
+
+
+def max_set_value_length(key: str) -> int:
+    """The value length that makes ``http_call``'s body for /set exactly MAX_BODY bytes."""
+    return MAX_BODY - len(json.dumps({"key": key, "value": ""}))
 
 
 def classify(res: HttpResult, f: str, read: bool) -> tuple:
@@ -132,9 +176,28 @@ class Client(threading.Thread):
             req = ("GET", f"/jobs/{key}{q}", None)
         elif f == "get_all":
             req = ("GET", f"/jobs{q}", None)
+        elif f == "set_big":
+            f, key = "set", rng.choice(wl.keys)
+            size = BIG_VALUE if rng.random() < 0.5 else max_set_value_length(key)
+            value = filler(f"v{tag}", size)
+            req = ("POST", "/set", {"key": key, "value": value})
         elif f == "create":
             value = {"title": f"t{tag}", "description": f"d{tag}"}
             req = ("POST", "/tasks", dict(value))
+        elif f == "create_big":
+            f = "create"
+            value = {"title": f"t{tag}", "description": filler(f"d{tag}", MAX_DESCRIPTION)}
+            req = ("POST", "/tasks", dict(value))
+        elif f == "update_big":
+            key = wl.tasks.pick(rng)
+            if key is None:
+                f = "create"
+                value = {"title": f"t{tag}", "description": filler(f"d{tag}", MAX_DESCRIPTION)}
+                req = ("POST", "/tasks", dict(value))
+            else:
+                f = "update"
+                value = {"description": filler(f"u{tag}", MAX_DESCRIPTION)}
+                req = ("PUT", f"/tasks/{key}", dict(value))
         elif f in ("update", "delete", "read_task"):
             key = wl.tasks.pick(rng)
             if key is None:              # nothing created yet: create instead
@@ -153,7 +216,7 @@ class Client(threading.Thread):
         else:
             raise ValueError(name)
         read = f in ("get", "get_all", "read_task", "list")
-        op = Op(id=wl.history.new_id(), process=self.process, f=f, key=key, value=value,
+        op = Op(id=wl.history.new_id(), process=self.process, f=f, key=key, value=shrink(value),
                 node=node, consistency=("stale" if stale else "linearizable") if read else None)
         op.invoke = wl.history.now()
         res = http_call(node, req[0], req[1], req[2], timeout=wl.timeout)
@@ -172,7 +235,7 @@ class Client(threading.Thread):
 
 
 def normalize_result(f: str, res: HttpResult):
-    b = res.body
+    b = shrink(res.body)
     if f == "get":
         if res.status == 404:
             return {"found": False, "value": None}
