@@ -3,7 +3,8 @@
 Layout of a data directory:
     LOCK                         flock()ed while a process owns the directory
     wal/<seq:010d>.wal           log segments; records are [u32 length][u32 crc32][orjson payload]
-    snap/snap-<index:020d>.json  pickledb files {"meta": {...}, "state": {...}}
+    snap/snap-<index:020d>.json  pickledb files {"meta": {...}, "state": {...}}, written by this
+                                 module with orjson (byte-compatible with pickledb 1.6)
 
 WAL payloads are {"hs": [term, vote]} (hard state) or {"es": [[index, term, command], ...]}.
 A later entry at an index overrides earlier ones (that is how a follower's conflict
@@ -13,6 +14,8 @@ hard state, so dropping old segments never loses it.
 A snapshot's meta carries `wal_floor`: segments numbered below it are superseded (an
 installed snapshot replaces the whole log, including uncommitted entries after it).
 Snapshots are fsynced (file and directory) before anything older is deleted.
+
+Every file operation goes through a FileSystem, so tests can substitute one that injects faults.
 """
 from __future__ import annotations
 
@@ -23,10 +26,8 @@ import re
 import struct
 import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 
 import orjson
-from pickledb import PickleDB
 
 log = logging.getLogger("pickledb_cluster.storage")
 
@@ -53,12 +54,89 @@ def crash_point(name: str) -> None:
         os._exit(137)
 
 
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class AppendFile:
+    """An open log segment: unbuffered appends, durable after sync()."""
+
+    def __init__(self, path: str):
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class FileSystem:
+    """Every file operation Storage makes. The real one calls the OS; tests substitute a
+    fault-injecting one (torn writes, lost unsynced writes, crashes)."""
+
+    def makedirs(self, path: str) -> None:
+        """Create `path` and missing parents; each new directory's entry is fsynced in its parent."""
+        path = os.path.abspath(path)
+        if os.path.isdir(path):
+            return
+        self.makedirs(os.path.dirname(path))
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            return
+        self.sync_dir(os.path.dirname(path))
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(path)
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def read(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    def open_append(self, path: str) -> AppendFile:
+        return AppendFile(path)
+
+    def write_file(self, path: str, data: bytes) -> None:
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def truncate(self, path: str, size: int) -> None:
+        with open(path, "r+b") as f:
+            f.truncate(size)
+            os.fsync(f.fileno())
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst)
+
+    def remove(self, path: str) -> None:
+        os.remove(path)
+
+    def sync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def lock(self, path: str) -> object:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise StorageError(f"data directory {os.path.dirname(path)} is in use by another process")
+        return handle
+
+    def unlock(self, handle: object) -> None:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def encode_record(payload: dict) -> bytes:
@@ -83,24 +161,17 @@ def read_records(data: bytes):
 
 
 class Storage:
-    def __init__(self, data_dir: str):
+    def __init__(self, data_dir: str, fs: FileSystem | None = None, segment_bytes: int = SEGMENT_BYTES):
+        self.fs = fs or FileSystem()
+        self.segment_bytes = segment_bytes
         self.dir = data_dir
         self.wal_dir = os.path.join(data_dir, "wal")
         self.snap_dir = os.path.join(data_dir, "snap")
-        os.makedirs(self.wal_dir, exist_ok=True)
-        os.makedirs(self.snap_dir, exist_ok=True)
-        self._lock_file = open(os.path.join(data_dir, "LOCK"), "a+")
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            raise StorageError(f"data directory {data_dir} is in use by another process")
+        self.fs.makedirs(self.wal_dir)
+        self.fs.makedirs(self.snap_dir)
+        self._lock = self.fs.lock(os.path.join(data_dir, "LOCK"))
         self._snap_lock = threading.Lock()
-        # Every pickledb call runs on this one thread. pickledb's sync methods start their own
-        # event loop, but in a thread that already runs one (Playwright's sync API does, in
-        # tests) they silently return an unawaited coroutine instead of doing the work.
-        self._pickledb_thread = ThreadPoolExecutor(1, thread_name_prefix="pickledb")
-        self._segment = None  # open file of the current segment
+        self._segment: AppendFile | None = None  # the current segment
         self._segment_seq = 0
         self._segment_size = 0
         self._segment_max: dict[int, int] = {}  # segment seq -> highest entry index in it
@@ -116,12 +187,11 @@ class Storage:
         entries: list[tuple[int, object]] = []
         segments = self._segments()
         for seq in [s for s in segments if s < floor]:
-            os.remove(self._segment_path(seq))  # superseded by an installed snapshot
+            self.fs.remove(self._segment_path(seq))  # superseded by an installed snapshot
         segments = [s for s in segments if s >= floor]
         for n, seq in enumerate(segments):
             path = self._segment_path(seq)
-            with open(path, "rb") as f:
-                data = f.read()
+            data = self.fs.read(path)
             good_end, max_index, broken = 0, 0, False
             for payload, end in read_records(data):
                 if "hs" in payload:
@@ -142,19 +212,17 @@ class Storage:
             if good_end < len(data) or broken:
                 log.warning("WAL segment %s: cutting a torn or corrupt tail at byte %d of %d",
                             path, good_end, len(data))
-                with open(path, "r+b") as f:
-                    f.truncate(good_end)
-                    os.fsync(f.fileno())
+                self.fs.truncate(path, good_end)
                 for later in segments[n + 1:]:
                     log.warning("WAL segment %s follows a corrupt record: removed", later)
-                    os.remove(self._segment_path(later))
+                    self.fs.remove(self._segment_path(later))
                     self._segment_max.pop(later, None)
                 break
         self._open_segment(max(self._segments(), default=floor - 1) + 1)
         return state, entries
 
     def _segments(self) -> list[int]:
-        return sorted(int(name[:-4]) for name in os.listdir(self.wal_dir)
+        return sorted(int(name[:-4]) for name in self.fs.listdir(self.wal_dir)
                       if re.fullmatch(r"\d{10}\.wal", name))
 
     def _segment_path(self, seq: int) -> str:
@@ -163,14 +231,13 @@ class Storage:
     def _open_segment(self, seq: int) -> None:
         if self._segment is not None:
             self._segment.close()
-        self._segment = open(self._segment_path(seq), "ab")
+        self._segment = self.fs.open_append(self._segment_path(seq))
         self._segment_seq = seq
         self._segment_size = 0
         self._segment_max.setdefault(seq, 0)
         self._segment.write(encode_record({"hs": list(self.hard_state)}))
-        self._segment.flush()
-        os.fsync(self._segment.fileno())
-        fsync_dir(self.wal_dir)
+        self._segment.sync()
+        self.fs.sync_dir(self.wal_dir)
 
     # ------------------------------------------------------------- the log
     def append(self, hard_state, entries) -> None:
@@ -186,11 +253,10 @@ class Storage:
         if not buf:
             return
         self._segment.write(buf)
-        self._segment.flush()
         crash_point("wal_before_fsync")
-        os.fsync(self._segment.fileno())
+        self._segment.sync()
         self._segment_size += len(buf)
-        if self._segment_size >= SEGMENT_BYTES:
+        if self._segment_size >= self.segment_bytes:
             self._open_segment(self._segment_seq + 1)
 
     def compact(self, index: int) -> None:
@@ -200,7 +266,7 @@ class Storage:
         crash_point("snapshot_before_truncate")
         for seq in sorted(self._segment_max):
             if seq != self._segment_seq and self._segment_max[seq] <= index:
-                os.remove(self._segment_path(seq))
+                self.fs.remove(self._segment_path(seq))
                 del self._segment_max[seq]
 
     # ------------------------------------------------------------- snapshots
@@ -209,14 +275,14 @@ class Storage:
 
     def _snapshots(self) -> list[int]:
         return sorted((int(m.group(1)) for m in (re.fullmatch(r"snap-(\d{20})\.json", n)
-                                                  for n in os.listdir(self.snap_dir)) if m), reverse=True)
+                                                  for n in self.fs.listdir(self.snap_dir)) if m), reverse=True)
 
     def _load_newest_snapshot(self):
         for index in self._snapshots():
             path = self._snap_path(index)
             try:
-                db = self._pickledb_thread.submit(lambda: PickleDB(path).load()).result()
-                meta, state = db.db["meta"], db.db["state"]
+                snapshot = orjson.loads(self.fs.read(path))
+                meta, state = snapshot["meta"], snapshot["state"]
                 if meta["index"] != index:
                     raise ValueError("index mismatch")
             except Exception as exc:  # a torn snapshot: fall back to an older one
@@ -237,33 +303,28 @@ class Storage:
                 self._open_segment(self._segment_seq + 1)
                 floor = self._segment_seq
             path = self._snap_path(index)
-            db = PickleDB(path)  # a fresh instance, touched by this thread only
-            db.db = {"meta": {"index": index, "term": term, "wal_floor": floor}, "state": state}
+            data = orjson.dumps({"meta": {"index": index, "term": term, "wal_floor": floor}, "state": state})
+            self.fs.write_file(path + ".tmp", data)
             crash_point("snapshot_before_rename")
-            self._pickledb_thread.submit(db.save).result()
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-            fsync_dir(self.snap_dir)
+            self.fs.rename(path + ".tmp", path)
+            self.fs.sync_dir(self.snap_dir)
             self.snapshot_meta = {"index": index, "term": term, "wal_floor": floor}
             if installed:
                 for seq in [s for s in self._segment_max if s < floor]:
-                    os.remove(self._segment_path(seq))
+                    self.fs.remove(self._segment_path(seq))
                     del self._segment_max[seq]
             for older in self._snapshots():
                 if older < index:
-                    os.remove(self._snap_path(older))
+                    self.fs.remove(self._snap_path(older))
 
     def snapshot_bytes(self) -> tuple[dict, bytes]:
         """The newest durable snapshot's meta and raw file, for sending to a lagging follower."""
         with self._snap_lock:
             meta = dict(self.snapshot_meta)
-            with open(self._snap_path(meta["index"]), "rb") as f:
-                return meta, f.read()
+            return meta, self.fs.read(self._snap_path(meta["index"]))
 
     def close(self) -> None:
         if self._segment is not None:
             self._segment.close()
             self._segment = None
-        self._pickledb_thread.shutdown(wait=True)
-        fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-        self._lock_file.close()
+        self.fs.unlock(self._lock)

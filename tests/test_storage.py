@@ -13,8 +13,8 @@ def entries(first, last, term=1):
     return [(i, term, {"op": "set", "key": f"k{i}", "value": i}) for i in range(first, last + 1)]
 
 
-def reopen(path):
-    s = Storage(str(path))
+def reopen(path, **kwargs):
+    s = Storage(str(path), **kwargs)
     state, log = s.load()
     return s, state, log
 
@@ -83,9 +83,8 @@ def test_corrupt_record_cuts_the_log_there(tmp_path, caplog):
     s.close()
 
 
-def test_snapshot_then_compaction_drops_old_segments(tmp_path, monkeypatch):
-    monkeypatch.setattr("storage.SEGMENT_BYTES", 200)  # roll segments quickly
-    s, _, _ = reopen(tmp_path)
+def test_snapshot_then_compaction_drops_old_segments(tmp_path):
+    s, _, _ = reopen(tmp_path, segment_bytes=200)  # roll segments quickly
     s.append((1, None), entries(1, 1))
     for i in range(2, 41):
         s.append(None, entries(i, i))
@@ -134,6 +133,19 @@ def test_torn_snapshot_falls_back_to_the_previous_one(tmp_path, caplog):
     assert s.snapshot_meta["index"] == 10 and len(state["kv"]) == 10 and len(log) == 10
     assert "unreadable" in caplog.text and older
     s.close()
+
+
+def test_snapshot_files_load_with_pickledb(tmp_path):
+    """The product keeps its data in pickledb files: pickledb itself must read a snapshot."""
+    from pickledb import PickleDB
+    s, _, _ = reopen(tmp_path)
+    s.append((1, None), entries(1, 5))
+    state = {"tasks": {"t1": {"title": "é ☃"}}, "kv": {"k": [1, 2.5, None, {"x": True}]}}
+    s.save_snapshot(5, 1, state)
+    s.close()
+    [name] = os.listdir(os.path.join(tmp_path, "snap"))
+    db = PickleDB(os.path.join(tmp_path, "snap", name))
+    assert db.load() and db.get("state") == state and db.get("meta")["index"] == 5
 
 
 def test_installed_snapshot_supersedes_stale_log(tmp_path):
