@@ -447,8 +447,8 @@ print("survived")
 
 
 def test_snapshots_work_from_a_thread_that_runs_an_event_loop(tmp_path):
-    """pickledb's sync methods turn into unawaited coroutines inside a running event loop
-    (Playwright's sync API keeps one in the test thread); storage must still write and read."""
+    """Storage must work in a thread that runs an event loop (Playwright's sync API keeps one in
+    the test thread): pickledb's sync methods, which it once called, silently do nothing there."""
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
