@@ -22,11 +22,9 @@ import random
 from collections import Counter
 from dataclasses import dataclass, replace
 
-import orjson
-
 from fault_fs import Crash, FaultFS
 from raft_core import APPEND_REQ, LEADER, SNAP_REQ, RaftCore
-from storage import Storage
+from storage import Storage, StorageError, decode_snapshot
 
 HEARTBEAT = 1.0
 ELECTION = 5.0
@@ -135,7 +133,7 @@ class SimNode:
         self.in_flight = [img for seq in steps for img in seq]
         try:
             call()
-        except OSError:
+        except StorageError:
             # It failed without crashing the machine: the disk may hold any state it passed through.
             self.durable = _unique(self.durable + self.in_flight)
             self.in_flight = []
@@ -172,8 +170,11 @@ class SimNode:
     def recover(self, fs: FaultFS, how: str) -> tuple[Storage, Image]:
         """Open and load a storage over `fs`, as a restarting node does, and check what it holds."""
         self._count_cut_under_snapshot()
-        storage = Storage(DATA, fs=fs, segment_bytes=self.sim.segment_bytes)
-        state, entries = storage.load()
+        try:
+            storage = Storage(DATA, fs=fs, segment_bytes=self.sim.segment_bytes)
+            state, entries = storage.load()
+        except StorageError as exc:  # crashes and a full disk alone must never stop a restart
+            raise InvariantViolation(f"{self.id} {how} refused to start: {exc}") from exc
         meta = storage.snapshot_meta
         term, vote = storage.hard_state
         image = Image(term, vote, meta["index"], meta["term"],
@@ -243,7 +244,7 @@ class SimNode:
     def process_ready(self) -> None:
         try:
             self._process_ready()
-        except (Crash, OSError) as exc:  # the runtime's raft loop exits on a storage error
+        except (Crash, StorageError) as exc:  # the runtime's raft loop exits on a storage error
             self._stopped(exc)
 
     def _process_ready(self) -> None:
@@ -283,7 +284,7 @@ class SimNode:
         if msg["type"] != SNAP_REQ:
             return msg
         meta, raw = self.storage.snapshot_bytes()
-        data = tuple(orjson.loads(raw)["state"]["applied"])
+        data = tuple(decode_snapshot(raw)[1]["applied"])
         return dict(msg, last_index=meta["index"], last_term=meta["term"], data=data)
 
     def maybe_snapshot(self) -> None:
@@ -298,7 +299,7 @@ class SimNode:
         except Crash as exc:
             self._stopped(exc)
             return
-        except OSError as exc:  # the snapshotter logs it and the node carries on
+        except StorageError as exc:  # the snapshotter logs it and the node carries on
             sim.events.append(f"t={sim.now:.2f} {self.id} snapshot at {index} failed: {exc}")
             return
         self.last_snapshot_index = index
@@ -310,7 +311,7 @@ class SimNode:
         self.core.compact(index, term)
         try:
             self.persist_compact(min(index, self.core.snap_index))
-        except (Crash, OSError) as exc:  # the raft loop exits
+        except (Crash, StorageError) as exc:  # the raft loop exits
             self._stopped(exc)
 
 
