@@ -1,8 +1,17 @@
-"""Deterministic simulator for raft_core: many nodes, one seeded random schedule.
+"""Deterministic simulator for raft_core and the real storage code: many nodes, one seeded
+random schedule.
 
-The network loses, duplicates, delays and reorders messages; nodes crash (losing
-everything not persisted) and restart; partitions come and go. After every step the
-invariants of the Raft paper (Figure 3) are checked:
+The network loses, duplicates, delays and reorders messages; partitions come and go (some cut
+the leader off and heal soon after, so logs diverge and get cut). Each node persists its Readies
+through the real storage.Storage over a FaultFS (tests/fault_fs.py), in the runtime's order, with
+a small segment size; it snapshots and compacts, and installs snapshots sent by the leader.
+Nodes crash between operations or at any file operation (before it or halfway through a write),
+as a process crash (the page cache survives) or a power loss (unsynced data is kept, torn or
+lost), the disk fills up, and nodes restart from what Storage.load() returns. Every load, at a
+restart or in a probe (a virtual power loss on a copy of the disk after every snapshot, install
+and compaction), must give what the node had made durable: its hard state, snapshot and log.
+
+After every step the invariants of the Raft paper (Figure 3) are checked:
   election safety, log matching, leader completeness, state-machine safety,
 plus read-index linearizability (a confirmed read covers every acknowledged write)
 and, once the faults stop, liveness (a leader emerges and every node catches up).
@@ -10,76 +19,250 @@ and, once the faults stop, liveness (a leader emerges and every node catches up)
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, replace
 
-from raft_core import APPEND_REQ, LEADER, SNAP_REQ, NotLeader, RaftCore
+from fault_fs import Crash, FaultFS
+from raft_core import APPEND_REQ, LEADER, SNAP_REQ, RaftCore
+from storage import Storage, StorageError, decode_snapshot
 
 HEARTBEAT = 1.0
 ELECTION = 5.0
 DT = 0.25
+DATA = "/data"
 
 
 class InvariantViolation(AssertionError):
     pass
 
 
-@dataclass
-class Disk:
+@dataclass(frozen=True)
+class Image:
+    """What a node's storage holds, logically: hard state, snapshot and the log after it."""
     term: int = 0
     vote: str | None = None
     snap_index: int = 0
     snap_term: int = 0
     snap_data: tuple = ()
-    log: list = field(default_factory=list)  # [(term, cmd)] after the snapshot
+    log: tuple = ()  # ((term, cmd), ...) after the snapshot
+
+    def appended(self, hard_state, entries) -> list["Image"]:
+        """The image after each step of an append: the hard state, then one entry at a time (a
+        crash may leave any prefix of an unsynced append; the last image is the whole of it)."""
+        steps, img = [], self
+        if hard_state is not None:
+            img = replace(img, term=hard_state[0], vote=hard_state[1])
+            steps.append(img)
+        for index, term, cmd in entries:
+            keep = index - img.snap_index - 1
+            if keep < 0 or keep > len(img.log):
+                raise InvariantViolation(f"persisted log must be contiguous: entry {index} after "
+                                         f"snapshot {img.snap_index} and {len(img.log)} entries")
+            img = replace(img, log=img.log[:keep] + ((term, cmd),))  # a later entry cuts the rest
+            steps.append(img)
+        return steps or [self]
+
+    def snapshotted(self, index: int, term: int, data: tuple) -> "Image":
+        return replace(self, snap_index=index, snap_term=term, snap_data=data,
+                       log=self.log[index - self.snap_index:])
+
+    def installed(self, index: int, term: int, data: tuple) -> "Image":
+        return replace(self, snap_index=index, snap_term=term, snap_data=data, log=())
+
+    def last_index(self) -> int:
+        return self.snap_index + len(self.log)
+
+    def differences(self, other: "Image") -> str:
+        """What differs from `other`, briefly: the fields, and the logs by index and term."""
+        out = [f"{name} {getattr(self, name)!r} vs {getattr(other, name)!r}"
+               for name in ("term", "vote", "snap_index", "snap_term")
+               if getattr(self, name) != getattr(other, name)]
+        if self.snap_data != other.snap_data:
+            out.append(f"snapshot data of {len(self.snap_data)} vs {len(other.snap_data)} commands")
+        if self.log != other.log:
+            out.append(f"log {self._log_text()} vs {other._log_text()}")
+        return "; ".join(out)
+
+    def _log_text(self) -> str:
+        if not self.log:
+            return f"empty after {self.snap_index}"
+        runs: list[list[int]] = []
+        for term, _ in self.log:
+            if runs and runs[-1][0] == term:
+                runs[-1][1] += 1
+            else:
+                runs.append([term, 1])
+        return (f"{self.snap_index + 1}..{self.last_index()} (terms "
+                + " ".join(f"{t}x{n}" for t, n in runs) + ")")
+
+
+def _unique(images: list[Image]) -> list[Image]:
+    out: list[Image] = []
+    for img in images:
+        if img not in out:
+            out.append(img)
+    return out
 
 
 class SimNode:
+    """A node whose Readies are persisted by the real storage.Storage over a FaultFS, in the
+    order cluster_manager.Node uses. `durable` models what the node has made durable (what it
+    may rely on after a crash); every load of its storage, at a restart or in a probe (a
+    virtual power loss), must give one of those images, or one an operation in progress
+    passed through."""
+
     def __init__(self, sim: "Simulation", node_id: str, peers: list[str]):
         self.sim, self.id, self.peers = sim, node_id, peers
-        self.disk = Disk()
+        self.fs = FaultFS(sim.rng.random())
+        self.storage: Storage | None = None
+        self.durable: list[Image] = [Image()]  # more than one only after an operation failed
+        self.in_flight: list[Image] = []  # also possible while an operation runs
+        self.power_loss = False  # how the last stop happened: the machine, or only the process
+        self.cuts: list[tuple[int, int]] = []  # (first index cut, last index before), since the last install
+        self.last_snapshot_index = 0
+        self.compact_due: tuple[int, int] | None = None  # (index, term) saved, not yet compacted
         self.up = False
         self.core: RaftCore | None = None
         self.applied: list = []  # the state machine: commands in order
         self.pending: dict[int, tuple[int, object]] = {}  # index -> (term, cmd) proposed here
 
+    # ------------------------------------------------------------- storage and its model
+    def _persist(self, steps_of, call) -> None:
+        """Run one storage operation; `steps_of(image)` lists the images it passes through."""
+        steps = [steps_of(img) for img in self.durable]
+        self.in_flight = [img for seq in steps for img in seq]
+        try:
+            call()
+        except StorageError:
+            # It failed without crashing the machine: the disk may hold any state it passed through.
+            self.durable = _unique(self.durable + self.in_flight)
+            self.in_flight = []
+            raise
+        self.durable = _unique([seq[-1] for seq in steps])
+        self.in_flight = []
+
+    def persist_append(self, hard_state, entries) -> None:
+        last = self.durable[0].last_index()
+        if entries and entries[0][0] <= last:
+            self.cuts.append((entries[0][0], last))
+            self.sim.stats["cuts"] += 1
+        self._persist(lambda img: img.appended(hard_state, entries),
+                      lambda: self.storage.append(hard_state, entries))
+
+    def persist_install(self, index: int, term: int, data: tuple) -> None:
+        self._persist(lambda img: [img.installed(index, term, data)],
+                      lambda: self.storage.save_snapshot(index, term, {"applied": list(data)}, installed=True))
+        self.cuts = []  # the log it holds is superseded
+        self.sim.stats["installs"] += 1
+        self.probe(f"installing snapshot {index}")
+
+    def persist_snapshot(self, index: int, term: int, data: tuple) -> None:
+        self._persist(lambda img: [img.snapshotted(index, term, data)],
+                      lambda: self.storage.save_snapshot(index, term, {"applied": list(data)}))
+        self.sim.stats["snapshots"] += 1
+        self.probe(f"saving snapshot {index}")
+
+    def persist_compact(self, upto: int) -> None:
+        self._persist(lambda img: [img], lambda: self.storage.compact(upto))
+        self.sim.stats["compactions"] += 1
+        self.probe(f"compacting to {upto}")
+
+    def recover(self, fs: FaultFS, how: str) -> tuple[Storage, Image]:
+        """Open and load a storage over `fs`, as a restarting node does, and check what it holds."""
+        self._count_cut_under_snapshot()
+        try:
+            storage = Storage(DATA, fs=fs, segment_bytes=self.sim.segment_bytes)
+            state, entries = storage.load()
+        except StorageError as exc:  # crashes and a full disk alone must never stop a restart
+            raise InvariantViolation(f"{self.id} {how} refused to start: {exc}") from exc
+        meta = storage.snapshot_meta
+        term, vote = storage.hard_state
+        image = Image(term, vote, meta["index"], meta["term"],
+                      tuple((state or {}).get("applied", ())), tuple(entries))
+        if image not in self.durable and image not in self.in_flight:
+            raise InvariantViolation(f"{self.id} {how} loaded a state other than the durable one: "
+                                     f"{image.differences(self.durable[0])} (loaded vs durable)")
+        return storage, image
+
+    def probe(self, why: str) -> None:
+        """A virtual power loss now: a copy of the disk must load to the durable state."""
+        self.sim.stats["probes"] += 1
+        copy = self.fs.clone()
+        copy.reboot(power_loss=True, rng=random.Random(self.sim.rng.random()))
+        storage, _ = self.recover(copy, f"after a power loss {why}")
+        storage.close()
+
+    def _count_cut_under_snapshot(self) -> None:
+        """Count loads where a snapshot covers a log cut whose cut-off suffix reached further
+        than the log does now (issue 9 item 1: such a load brought that suffix back)."""
+        img = self.durable[0]
+        if any(cut <= img.snap_index < before and img.last_index() < before for cut, before in self.cuts):
+            self.sim.stats["loads_with_cut_under_snapshot"] += 1
+
+    # ------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        d = self.disk
+        sim = self.sim
+        self.fs.reboot(power_loss=self.power_loss, rng=random.Random(sim.rng.random()))
+        if sim.faults and sim.rng.random() < 0.1:
+            self.fs.arm_crash(sim.rng.randint(1, 6))  # crash during recovery too
+        try:
+            self.storage, image = self.recover(self.fs, "restarted and")
+        except Crash as exc:
+            sim.events.append(f"t={sim.now:.2f} {self.id} crashed while restarting: {exc}")
+            self.storage, self.power_loss = None, sim.rng.random() < 0.5
+            return
+        self.fs.disarm()
+        if self.fs.boot > 1:  # not the first start
+            sim.stats["restarts"] += 1
+        self.durable, self.in_flight = [image], []
+        self.power_loss = False
+        self.last_snapshot_index = image.snap_index
+        self.compact_due = None
+        # Built from what was loaded, as cluster_manager.Node does.
         self.core = RaftCore(self.id, self.peers, election_timeout=ELECTION, heartbeat_interval=HEARTBEAT,
-                             now=self.sim.now, rng=random.Random(self.sim.rng.random()),
-                             term=d.term, voted_for=d.vote, snap_index=d.snap_index, snap_term=d.snap_term,
-                             entries=list(d.log))
-        self.applied = list(d.snap_data)
+                             now=sim.now, rng=random.Random(sim.rng.random()),
+                             term=image.term, voted_for=image.vote, snap_index=image.snap_index,
+                             snap_term=image.snap_term, entries=list(image.log))
+        self.applied = list(image.snap_data)
         self.pending = {}
         self.up = True
 
-    def crash(self) -> None:
+    def crash(self, power_loss: bool) -> None:
+        """The process stops (and, with power_loss, the machine loses what is not durable)."""
         self.up = False
         self.core = None
+        self.storage = None
+        self.power_loss = power_loss
 
+    def _stopped(self, exc: BaseException) -> None:
+        sim = self.sim
+        power_loss = isinstance(exc, Crash) and sim.rng.random() < 0.7
+        sim.events.append(f"t={sim.now:.2f} {self.id} {'loses power' if power_loss else 'exits'}: {exc}")
+        self.crash(power_loss)
+
+    # ------------------------------------------------------------- the runtime's loop
     def process_ready(self) -> None:
-        core, d, sim = self.core, self.disk, self.sim
+        try:
+            self._process_ready()
+        except (Crash, StorageError) as exc:  # the runtime's raft loop exits on a storage error
+            self._stopped(exc)
+
+    def _process_ready(self) -> None:
+        core, sim = self.core, self.sim
         rd = core.ready()
         if rd.empty():
             return
-        early = [] if rd.hard_state else [m for m in rd.messages if m["type"] in (APPEND_REQ, SNAP_REQ)]
-        for msg in early:  # the runtime ships a leader's entries while it fsyncs them
-            sim.send(self.snapshot_filled(msg))
-        if early and rd.entries and sim.faults and sim.rng.random() < 0.01:
-            sim.events.append(f"t={sim.now:.2f} crash {self.id} before its fsync")
-            self.crash()
-            return
-        if rd.hard_state:
-            d.term, d.vote = rd.hard_state
         if rd.snapshot is not None:
-            d.snap_index, d.snap_term = rd.snapshot["last_index"], rd.snapshot["last_term"]
-            d.snap_data = tuple(rd.snapshot["data"])
-            d.log = []
-            self.applied = list(d.snap_data)
-        if rd.entries:
-            first = rd.entries[0][0]
-            del d.log[first - d.snap_index - 1:]
-            assert len(d.log) == first - d.snap_index - 1, "persisted log must be contiguous"
-            d.log.extend((t, c) for _, t, c in rd.entries)
+            snap = rd.snapshot
+            self.persist_install(snap["last_index"], snap["last_term"], tuple(snap["data"]))
+            self.last_snapshot_index = snap["last_index"]
+            self.applied = list(snap["data"])
+        # A leader ships entries while it fsyncs them (Raft 10.2.1); votes, replies and term
+        # changes wait for the fsync.
+        early = [] if rd.hard_state else [m for m in rd.messages if m["type"] in (APPEND_REQ, SNAP_REQ)]
+        for msg in early:
+            sim.send(self.snapshot_filled(msg))
+        self.persist_append(rd.hard_state, rd.entries)
         for msg in rd.messages:
             if not any(msg is m for m in early):
                 sim.send(self.snapshot_filled(msg))
@@ -97,21 +280,39 @@ class SimNode:
         sim.record_commits(self)
 
     def snapshot_filled(self, msg: dict) -> dict:
-        """Like the runtime, send the newest durable snapshot with an InstallSnapshot request."""
+        """Like the runtime, send the newest durable snapshot, read back from storage."""
         if msg["type"] != SNAP_REQ:
             return msg
-        d = self.disk
-        return dict(msg, last_index=d.snap_index, last_term=d.snap_term, data=d.snap_data)
+        meta, raw = self.storage.snapshot_bytes()
+        data = tuple(decode_snapshot(raw)[1]["applied"])
+        return dict(msg, last_index=meta["index"], last_term=meta["term"], data=data)
 
     def maybe_snapshot(self) -> None:
-        core, d = self.core, self.disk
+        """The runtime's snapshotter: save now, compact a little later (on the raft loop)."""
+        core, sim = self.core, self.sim
         index = len(self.applied)
-        if index > d.snap_index and index == core.applied_handed:
-            term = core.term_at(index)
-            d.snap_data = tuple(self.applied)
-            d.log = d.log[index - d.snap_index:]
-            d.snap_index, d.snap_term = index, term
-            core.compact(index, term)
+        if index <= self.last_snapshot_index or index != core.applied_handed:
+            return
+        term = core.term_at(index)
+        try:
+            self.persist_snapshot(index, term, tuple(self.applied))
+        except Crash as exc:
+            self._stopped(exc)
+            return
+        except StorageError as exc:  # the snapshotter logs it and the node carries on
+            sim.events.append(f"t={sim.now:.2f} {self.id} snapshot at {index} failed: {exc}")
+            return
+        self.last_snapshot_index = index
+        self.compact_due = (index, term)
+
+    def compact(self) -> None:
+        index, term = self.compact_due
+        self.compact_due = None
+        self.core.compact(index, term)
+        try:
+            self.persist_compact(min(index, self.core.snap_index))
+        except (Crash, StorageError) as exc:  # the raft loop exits
+            self._stopped(exc)
 
 
 class Simulation:
@@ -126,6 +327,7 @@ class Simulation:
         self.net: list[tuple[float, int, dict]] = []
         self.msg_seq = 0
         self.cut: set[tuple[str, str]] = set()  # directed links that drop everything
+        self.heal_at: float | None = None
         self.leaders: dict[int, str] = {}
         self.committed: dict[int, tuple[int, object]] = {}  # index -> (term, cmd) as applied
         self.commit_terms: dict[int, int] = {}  # index -> term of the leader that committed it
@@ -135,7 +337,9 @@ class Simulation:
         self.events: list[str] = []
         self.p_drop = self.rng.choice([0.0, 0.05, 0.2]) if faults else 0.0
         self.p_dup = self.rng.choice([0.0, 0.05]) if faults else 0.0
-        self.snapshot_every = self.rng.choice([5, 20, 1000])
+        self.snapshot_every = self.rng.choice([3, 5, 20, 1000])
+        self.segment_bytes = self.rng.choice([300, 1000, 4000])
+        self.stats: Counter = Counter()
 
     # ------------------------------------------------------------- network
     def send(self, msg: dict) -> None:
@@ -227,8 +431,18 @@ class Simulation:
         if r < 0.02:
             node = self.nodes[rng.choice(ids)]
             if node.up:
-                node.crash()
-                self.events.append(f"t={self.now:.2f} crash {node.id}")
+                node.crash(power_loss=rng.random() < 0.5)
+                self.events.append(f"t={self.now:.2f} crash {node.id} power_loss={node.power_loss}")
+        elif r < 0.03:
+            node = self.nodes[rng.choice(ids)]
+            if node.up:  # crash at one of its next storage operations, wherever that falls
+                node.fs.arm_crash(rng.randint(1, 12))
+                self.events.append(f"t={self.now:.2f} {node.id} will crash within 12 storage operations")
+        elif r < 0.032:
+            node = self.nodes[rng.choice(ids)]
+            if node.up:
+                node.fs.arm_enospc(rng.randint(1, 12))
+                self.events.append(f"t={self.now:.2f} {node.id} will run out of space")
         elif r < 0.06:
             for node in self.nodes.values():
                 if not node.up and rng.random() < 0.5:
@@ -237,13 +451,22 @@ class Simulation:
         elif r < 0.075 and len(ids) > 1:
             rng.shuffle(ids)
             side = set(ids[:rng.randint(1, len(ids) - 1)])
+            leaders = [n.id for n in self.nodes.values() if n.up and n.core.role == LEADER]
+            if leaders and rng.random() < 0.5:
+                # Cut the leader off with at most a minority, and heal soon after the majority
+                # elects another: the old leader's side holds a suffix the new leader cuts,
+                # often longer than what replaces it (the shape of issue 9 item 1).
+                others = [i for i in ids if i != leaders[0]]
+                side = {leaders[0], *others[:rng.randint(0, (len(ids) - 1) // 2 - 1)]}
+                self.heal_at = self.now + rng.uniform(1.5, 3.0) * ELECTION
             self.cut = {(a, b) for a in ids for b in ids if (a in side) != (b in side)}
             one_way = rng.random() < 0.3  # only what leaves `side` is lost
             if one_way:
                 self.cut = {(a, b) for (a, b) in self.cut if a in side}
             self.events.append(f"t={self.now:.2f} partition {sorted(side)} one_way={one_way}")
-        elif r < 0.1:
+        elif r < 0.1 or (self.heal_at is not None and self.now >= self.heal_at):
             self.cut = set()
+            self.heal_at = None
             self.events.append(f"t={self.now:.2f} heal")
 
     def client_step(self) -> None:
@@ -251,13 +474,12 @@ class Simulation:
             if not node.up or node.core.role != LEADER:
                 continue
             if self.rng.random() < 0.5:
-                self.next_cmd += 1
-                cmd = {"op": "set", "v": self.next_cmd}
-                try:
+                burst = 1 if self.rng.random() < 0.9 else self.rng.randint(2, 10)
+                for _ in range(burst):
+                    self.next_cmd += 1
+                    cmd = {"op": "set", "v": self.next_cmd}
                     index, term = node.core.propose(cmd)
                     node.pending[index] = (term, cmd)
-                except NotLeader:
-                    pass
             if self.rng.random() < 0.2:
                 self.next_cmd += 1
                 self.reads[self.next_cmd] = self.max_acked
@@ -277,9 +499,11 @@ class Simulation:
         for node in self.nodes.values():
             if node.up:
                 node.process_ready()
+            if node.up and node.compact_due and self.rng.random() < 0.5:
+                node.compact()
             if node.up:  # it may have crashed mid-ready
                 self.observe(node)
-                if len(node.applied) - node.disk.snap_index >= self.snapshot_every:
+                if len(node.applied) - node.last_snapshot_index >= self.snapshot_every:
                     node.maybe_snapshot()
 
     def run(self) -> "Simulation":
@@ -295,6 +519,7 @@ class Simulation:
         self.p_drop = self.p_dup = 0.0
         self.faults = False
         for node in self.nodes.values():
+            node.fs.disarm()
             if not node.up:
                 node.start()
         self.events.append(f"t={self.now:.2f} heal all")
