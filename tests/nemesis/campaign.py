@@ -13,7 +13,7 @@ history) -> wait until every node's applied index is equal -> snapshot every rep
 
 Command line (from the repository root):
 
-  python -m tests.nemesis.campaign                        # the CI campaign (~3 min)
+  python -m tests.nemesis.campaign                        # the CI campaign (~5 min)
   python -m tests.nemesis.campaign --long --minutes 30    # random runs for 30 minutes
   python -m tests.nemesis.campaign --seed 42 --profile partition --nodes 5 --duration 18
                                                           # replay one run
@@ -480,7 +480,7 @@ def ci_campaign(base_seed: Optional[int] = None, root: Optional[Path] = None,
 
 def long_campaign(minutes: float, base_seed: Optional[int] = None, root: Optional[Path] = None,
                   duration: float = 30.0, profiles=None, nodes=(3, 5), stop_on_failure=False,
-                  out=None) -> list:
+                  out=None, slow_clients: int = 4) -> list:
     out = out or sys.stdout
     if base_seed is None:
         base_seed = random.SystemRandom().randrange(1, 10**9)
@@ -494,7 +494,8 @@ def long_campaign(minutes: float, base_seed: Optional[int] = None, root: Optiona
     while time.monotonic() + duration + 20 < deadline or not results:
         profile = profiles[idx % len(profiles)]
         n = rng.choice(nodes)
-        cfg = RunConfig(derive_seed(base_seed, idx), profile, n, duration)
+        cfg = RunConfig(derive_seed(base_seed, idx), profile, n, duration,
+                        slow_clients=slow_clients)
         if root:
             cfg.workdir = Path(root) / f"{idx:04d}-{cfg.label()}"
         r = _run_and_tidy(cfg, out)
@@ -539,6 +540,8 @@ def main(argv=None) -> int:
     p.add_argument("--nodes", type=int, choices=(3, 5))
     p.add_argument("--duration", type=float, help="seconds of workload+faults per run")
     p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--slow-clients", type=int, default=4,
+                   help="concurrent slow clients in runs with hostile traffic")
     p.add_argument("--workdir", type=Path, help="where run directories go")
     p.add_argument("--stop-on-failure", action="store_true")
     p.add_argument("--check-history", type=Path, help="re-run the history checkers on a file")
@@ -556,12 +559,12 @@ def main(argv=None) -> int:
         results = long_campaign(a.minutes, a.seed, root, duration=a.duration or 30.0,
                                 profiles=[a.profile] if a.profile else None,
                                 nodes=(a.nodes,) if a.nodes else (3, 5),
-                                stop_on_failure=a.stop_on_failure)
+                                stop_on_failure=a.stop_on_failure, slow_clients=a.slow_clients)
     elif a.profile or a.nodes or a.duration:
         if a.seed is None:
             a.seed = random.SystemRandom().randrange(1, 10**9)
         cfg = RunConfig(a.seed, a.profile or "mixed", a.nodes or 3, a.duration or 20.0,
-                        clients=a.clients, workdir=root / "run")
+                        clients=a.clients, workdir=root / "run", slow_clients=a.slow_clients)
         results = [run_one(cfg)]
     else:
         results = ci_campaign(a.seed, root)

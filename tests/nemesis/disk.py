@@ -106,8 +106,8 @@ def wal_holds_whole_log(data_dir: Path) -> tuple:
             for entry in rec.payload.get("es", ()):
                 index = entry[0]
                 if index > top + 1:
-                    return False, (f"{path.name} continues at index {index} after {top}: "
-                                   f"earlier entries were compacted into the snapshot")
+                    return False, (f"{path.name} holds index {index} after {top}: the "
+                                   f"entries between are only in the snapshot")
                 top = max(top, index)
     return True, f"the WAL holds indexes 1..{top}"
 
