@@ -136,3 +136,118 @@ def test_judge_refusal(tmp_path):
 def test_header_struct_matches_storage():
     import storage
     assert storage.HEADER.format == disk.HEADER.format == struct.Struct("<II").format
+
+
+# ------------------------------------------------------------------ the executor
+class FakeNode:
+    """A stopped node whose next start either refuses (as a correct node would, or touching
+    a file, or without naming the file) or starts; ``url`` answers /health while it runs."""
+
+    def __init__(self, data_dir: Path, log_path: Path, url: str, behaviour: str):
+        self.index, self.data_dir, self.log_path, self.url = 0, data_dir, log_path, url
+        self.behaviour, self.up, self.rc, self.may_exit, self.starts = behaviour, True, None, False, 1
+        self.paused = False
+
+    def alive(self):
+        return self.up
+
+    def returncode(self):
+        return None if self.up else self.rc
+
+    def stop(self):
+        self.up, self.rc = False, 0
+        return 0
+
+    def kill9(self):
+        self.up, self.rc = False, -9
+
+    def start(self, extra_env=None, may_exit=False):
+        self.starts += 1
+        self.may_exit = may_exit
+        if self.behaviour == "start" or not may_exit:
+            self.up = True
+            return
+        damaged = [p for p in disk.wal_paths(self.data_dir)]
+        name = damaged[0].name if self.behaviour != "vague" else "the log"
+        with open(self.log_path, "a") as log:
+            log.write(f"error: {name} is corrupt at byte 7\n")
+        if self.behaviour == "touch":
+            damaged[0].write_bytes(damaged[0].read_bytes()[:10])
+        self.up, self.rc = False, 2
+
+
+def _health_server():
+    import http.server
+    import threading
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/health" else 404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _disk_event(target=0):
+    from .schedule import Event
+    return Event(1.0, 1, "start", "disk", {"target": target, "stop": "term", "damage": "wal",
+                                            "file": 0.0, "pos": 0.5, "bit": 1, "header": False})
+
+
+def _run_disk_fault(tmp_path, behaviour):
+    from .nemesis import Nemesis
+    from .proxy import ProxyNet
+    from .schedule import Event, Schedule
+
+    node_dir = make_node_dir(tmp_path / "n")
+    before = disk.read_tree(node_dir)
+    server = _health_server()
+    node = FakeNode(node_dir, tmp_path / "n.log", f"http://127.0.0.1:{server.server_port}",
+                    behaviour)
+
+    class OneNode:
+        def __init__(self, proc):
+            self.n, self.urls, self.procs = 1, [proc.url], [proc]
+
+        def node(self, i):
+            return self.procs[i]
+
+        def current_leader(self, statuses=None):
+            return 0
+
+    net = ProxyNet(seed=0)
+    nem = Nemesis(OneNode(node), net, Schedule(0, "disk", 1, 10, 20, []), lambda: 0.0)
+    try:
+        nem.apply(_disk_event())
+        restored = disk.read_tree(node_dir) == before
+        nem.apply(Event(2.0, 1, "end", "disk", {}))
+    finally:
+        server.shutdown()
+        net.close()
+    return nem, node, restored
+
+
+def test_a_correct_refusal_is_no_finding_and_the_files_come_back(tmp_path):
+    nem, node, restored = _run_disk_fault(tmp_path, "refuse")
+    assert nem.disk_faults == 1 and nem.disk_findings == [], nem.disk_findings
+    assert restored and node.alive() and not node.may_exit
+    assert any("refused to start (rc=2)" in line for line in nem.log), nem.log
+
+
+def test_a_start_on_damaged_files_is_a_finding(tmp_path):
+    nem, node, restored = _run_disk_fault(tmp_path, "start")
+    assert len(nem.disk_findings) == 1 and "STARTED on damaged files" in nem.disk_findings[0]
+    assert restored and node.alive()
+
+
+def test_a_refusal_that_changes_files_or_names_nothing_is_a_finding(tmp_path):
+    nem, _, restored = _run_disk_fault(tmp_path, "touch")
+    assert restored and any("changed files while refusing" in f for f in nem.disk_findings)
+    nem, _, _ = _run_disk_fault(tmp_path / "vague", "vague")
+    assert any("does not name" in f for f in nem.disk_findings), nem.disk_findings
