@@ -20,8 +20,8 @@ Every probe declares what it may do:
 No answer at all counts too, unless the node was stopped meanwhile (or the probe is a slow
 client, which the server may cut off). Every key, title and description a probe carries
 contains ``hostile``; at the end no replica may hold such data unless a ``may_accept`` probe
-carrying it was answered 2xx or got no answer (``check_hostile_data``). Node processes that
-die are reported by ``cluster.ExitWatch``.
+carrying it may have taken effect: answered 2xx, ``503 unknown_outcome`` or nothing
+(``check_hostile_data``). Node processes that die are reported by ``cluster.ExitWatch``.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from typing import Optional
 from urllib.parse import quote, urlsplit
 
 from .cluster import HttpResult, get_status, http_call
-from .history import Op
+from .history import FAIL, Op
 from .workload import MAX_BODY, classify, normalize_result, shrink
 
 MARK = "hostile"
@@ -441,8 +441,8 @@ class HostileTraffic:
             problem = None                 # the node was stopped under it
         if p.record is not None and a.error != "stopped":
             self._record(p, a, url, invoke, complete, process)
-        accepted = a.sent and (a.status is None or 200 <= a.status < 300)
-        if p.expect == "may_accept" and accepted:
+        res = HttpResult(a.sent, a.status, a.json() if a.status is not None else None, a.error)
+        if p.expect == "may_accept" and classify(res, "set", read=False)[0] != FAIL:
             with self._lock:
                 self.accepted_marks.update(p.carries)
         if problem is None and p.readback and a.status is not None and 200 <= a.status < 300:
