@@ -78,6 +78,7 @@ class RunConfig:
     clients: int = 8
     workdir: Optional[Path] = None
     slow_clients: int = 4        # concurrent slow clients in runs with hostile traffic
+    slow_connections: int = 520  # connections of a slowloris fault (a node takes 500 clients)
 
     def label(self) -> str:
         return f"{self.profile}-n{self.nodes}-seed{self.seed}"
@@ -262,6 +263,11 @@ def run_checks(exits: Optional[ExitWatch], nem: Optional[Nemesis],
         for finding in nem.disk_findings:
             c.fail(finding)
         checks.append(c)
+    if nem is not None and nem.slowloris_faults:
+        c = CheckResult("slow-clients", info={"attacks": nem.slowloris_faults})
+        for finding in nem.slowloris_findings:
+            c.fail(finding)
+        checks.append(c)
     if hostile is not None:
         c = CheckResult("hostile-requests", info={"sent": len(hostile.sent)})
         for problem in hostile.problems:
@@ -332,7 +338,8 @@ def run_one(cfg: RunConfig, out=None) -> RunResult:
         if "hostile" in sched.traffic:
             hostile = HostileTraffic(cluster, workload, history, cfg.seed,
                                      slow_clients=cfg.slow_clients)
-        nem = Nemesis(cluster, net, sched, history.now)
+        nem = Nemesis(cluster, net, sched, history.now,
+                      slow_connections=cfg.slow_connections)
         workload.start()
         if hostile is not None:
             hostile.start()

@@ -567,3 +567,58 @@ def check_hostile_data(replicas: dict, accepted: set) -> list:
                 problems.append(f"{name} holds {what}, written by a hostile request that "
                                 f"must not have taken effect")
     return problems
+
+
+class SlowLoris:
+    """``count`` connections to one node that each sent a request line and then trickle one
+    header line every ``gap`` seconds, never finishing the head (more connections than a
+    node accepts clients: 500). A server must keep answering others: cut slow heads off,
+    evict waiting clients for new ones, or answer a documented 503."""
+
+    def __init__(self, url: str, count: int, gap: float = 2.0):
+        self.url, self.count, self.gap = url, count, gap
+        self.socks: list = []
+        self.cut_off = 0                   # connections the server closed
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._trickle, name="slowloris", daemon=True)
+
+    def open(self) -> int:
+        u = urlsplit(self.url)
+        for _ in range(self.count):
+            try:
+                s = socket.create_connection((u.hostname, u.port), timeout=1.0)
+                s.sendall(f"GET /status HTTP/1.1\r\nHost: {u.netloc}\r\n".encode())
+            except OSError:
+                break
+            self.socks.append(s)
+        self.thread.start()
+        return len(self.socks)
+
+    def _trickle(self):
+        while not self.stop_event.wait(self.gap):
+            alive = []
+            for s in self.socks:
+                try:
+                    s.sendall(b"X-Slow: .\r\n")
+                    alive.append(s)
+                except OSError:
+                    self.cut_off += 1
+                    s.close()
+            self.socks = alive
+
+    def close(self):
+        self.stop_event.set()
+        if self.thread.is_alive():
+            self.thread.join(5)
+        for s in self.socks:
+            s.close()
+        self.socks = []
+
+
+def probe_under_attack(url: str, documented_503: set, timeout: float = 8.0) -> Optional[str]:
+    """A client request to a node under a slow-client attack must still get an answer."""
+    p = Probe("request_during_slowloris", "any", "GET", "/status", timeout=timeout)
+    a = send(url, p, connect_timeout=2.0)
+    if not a.sent:
+        return f"could not even connect ({a.error})"
+    return judge(p, a, documented_503)

@@ -17,6 +17,9 @@ Fault semantics
              traceback, no file touched) unless the damage is indistinguishable from a
              recoverable state; then put the original bytes back. end: start it again.
              Every wrong answer is a finding (``disk_findings``).
+  slowloris  open ``slow_connections`` connections to the target that trickle an unfinished
+             request head, then send it one ordinary request: it must be answered (a
+             documented 503 will do); end: close them. (``slowloris_findings``)
   isolate    block every link to and from the target
   split      block every link between a minority and the rest ("with_leader": the
              minority is made to contain the current leader)
@@ -37,13 +40,15 @@ from typing import Optional
 
 from . import disk
 from .cluster import NemesisCluster, http_call
+from .hostile import SlowLoris, documented_503_codes, probe_under_attack
 from .proxy import ProxyNet
 from .schedule import Event, Schedule
 
 
 class Nemesis(threading.Thread):
     def __init__(self, cluster: NemesisCluster, net: ProxyNet, schedule: Schedule,
-                 clock, stop_event: Optional[threading.Event] = None):
+                 clock, stop_event: Optional[threading.Event] = None,
+                 slow_connections: int = 520):
         super().__init__(name="nemesis", daemon=True)
         self.cluster = cluster
         self.net = net
@@ -57,6 +62,10 @@ class Nemesis(threading.Thread):
         self.down_for_disk: set = set()     # nodes a disk fault left stopped (files restored)
         self.disk_faults = 0
         self.disk_findings: list = []       # wrong answers to damaged files
+        self.slow_connections = slow_connections
+        self.slowloris: dict = {}           # fault id -> SlowLoris
+        self.slowloris_faults = 0
+        self.slowloris_findings: list = []  # requests unanswered under the attack
         self.error: Optional[str] = None
         self._lock = threading.Lock()
 
@@ -143,6 +152,8 @@ class Nemesis(threading.Thread):
                 self.note(f"#{ev.fault} {k} {a['targets']} -> nodes {nodes}")
             elif k == "disk":
                 self._disk_fault(ev)
+            elif k == "slowloris":
+                self._slowloris(ev)
             elif k == "crash":
                 i = self.resolve(a["target"])
                 spec = f"{a['point']}:{a['hit']}"
@@ -163,6 +174,12 @@ class Nemesis(threading.Thread):
                 for i in nodes:
                     c.node(i).resume()
                 self.note(f"#{ev.fault} end pause: resumed nodes {nodes}")
+            elif k == "slowloris":
+                attack = self.slowloris.pop(ev.fault, None)
+                if attack is not None:
+                    attack.close()
+                    self.note(f"#{ev.fault} end slowloris: closed (the server cut off "
+                              f"{attack.cut_off})")
             elif k == "disk":
                 for i in nodes:
                     if i in self.down_for_disk:
@@ -229,6 +246,23 @@ class Nemesis(threading.Thread):
         self.down_for_disk.add(i)
         self.note(f"#{ev.fault} disk node{i}: {outcome}; original files restored"
                   + (f"; WRONG: {'; '.join(problems)}" if problems else ""))
+
+    def _slowloris(self, ev: Event):
+        i = self.resolve(ev.args["target"])
+        url = self.cluster.urls[i]
+        self.resolved[ev.fault] = [i]
+        attack = SlowLoris(url, self.slow_connections)
+        self.slowloris[ev.fault] = attack
+        opened = attack.open()
+        self.slowloris_faults += 1
+        t = self.clock()
+        problem = probe_under_attack(url, documented_503_codes())
+        self.note(f"#{ev.fault} slowloris node{i}: {opened} slow connections; a request "
+                  f"then: {problem or 'answered'}")
+        if problem and self.cluster.node(i).alive():
+            self.slowloris_findings.append(
+                f"t={t:.3f} node{i} ({url}) with {opened} connections trickling an unfinished "
+                f"request head: GET /status {problem}")
 
     def _await_start(self, p, timeout: float) -> str:
         """'refused' (the process exited), 'started' (it answers /health) or 'hung'."""
@@ -308,6 +342,9 @@ class Nemesis(threading.Thread):
         self.watch_crashes()
         self.net.heal()
         self.down_for_disk.clear()          # their files were restored when damaged
+        for attack in self.slowloris.values():
+            attack.close()
+        self.slowloris.clear()
         for i, p in enumerate(self.cluster.procs):
             if p.paused:
                 p.resume()

@@ -22,7 +22,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-PROC_KINDS = ("kill", "pause", "crash", "disk")
+PROC_KINDS = ("kill", "pause", "crash", "disk", "slowloris")
 NET_KINDS = ("isolate", "split", "oneway", "resp_loss", "bridge", "delay", "drop")
 
 PROFILES = {
@@ -35,8 +35,8 @@ PROFILES = {
     "disk": (("disk",), ()),
     "net": ((), ("delay", "drop")),
     "large": (("kill", "pause"), ()),
-    "hostile": (("kill",), ()),
-    "mixed": (("kill", "pause", "crash", "disk"), NET_KINDS),
+    "hostile": (("kill", "slowloris"), ()),
+    "mixed": (("kill", "pause", "crash", "disk", "slowloris"), NET_KINDS),
 }
 # Client traffic added to the default workload, per profile.
 TRAFFIC = {"large": ("large",), "hostile": ("hostile",)}
@@ -113,6 +113,8 @@ def _fault_args(kind: str, rng: random.Random, n: int) -> dict:
                 "damage": rng.choices(DISK_DAMAGE, weights=(5, 3, 2))[0],
                 "file": round(rng.random(), 4), "pos": round(rng.random(), 6),
                 "bit": rng.randrange(64), "header": rng.random() < 0.3}
+    if kind == "slowloris":
+        return {"target": _pick_target(rng, n, 0.5)}
     if kind == "isolate":
         return {"target": _pick_target(rng, n, 0.7)}
     if kind == "split":
@@ -140,6 +142,7 @@ def _fault_args(kind: str, rng: random.Random, n: int) -> dict:
 
 _DURATIONS = {
     "kill": (0.5, 4.0), "pause": (0.3, 3.0), "crash": (2.0, 6.0), "disk": (1.0, 3.0),
+    "slowloris": (2.0, 5.0),
     "isolate": (1.0, 4.0), "split": (1.0, 4.0), "oneway": (1.0, 4.0),
     "resp_loss": (1.0, 3.0), "bridge": (1.5, 4.0), "delay": (1.0, 4.0), "drop": (1.0, 4.0),
 }
