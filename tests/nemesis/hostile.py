@@ -25,6 +25,7 @@ carrying it may have taken effect: answered 2xx, ``503 unknown_outcome`` or noth
 """
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import random
@@ -375,7 +376,8 @@ class HostileTraffic:
     1000 and 1001) like any client write."""
 
     HEAD_BURST = 20                    # more than the server's 16 event-stream slots
-    EVENTS_COOLDOWN = 15.0             # an abandoned stream may hold its slot this long
+    EVENTS_COOLDOWN = 11.0             # an abandoned stream holds its slot until the next
+                                       # keep-alive write (every 10 s)
 
     def __init__(self, cluster, workload, history, seed: int, slow_clients: int = 4,
                  slow_gap: float = 2.0, think: float = 0.05):
@@ -394,11 +396,15 @@ class HostileTraffic:
         self.accepted_marks: set = set()   # hostile strings that may legitimately be stored
         self._n = 0
         self._lock = threading.Lock()
-        self._events_probed: dict = {}
         self.threads = [threading.Thread(target=self._guard, args=(self._quick_loop,),
                                          name="hostile-quick", daemon=True),
                         threading.Thread(target=self._guard, args=(self._slow_loop,),
                                          name="hostile-slow", daemon=True)]
+        # The event-slot leak needs a burst: one per node at the start, side by side.
+        self.threads += [threading.Thread(target=self._guard,
+                                          args=(functools.partial(self._events_probe, i),),
+                                          name=f"hostile-events-{i}", daemon=True)
+                         for i in range(cluster.n)]
         self.error: Optional[str] = None
 
     def start(self):
@@ -483,41 +489,39 @@ class HostileTraffic:
 
     def _quick_loop(self):
         rng = self.rng
-        for i in range(self.cluster.n):    # the event-slot leak needs a burst: one per node
-            self._events_probe(i)
         while not self.stop_event.is_set():
             name = rng.choice(QUICK)
             i = self._random_node(rng)
-            if name == "head_events":
-                self._events_probe(i)
-            else:
-                follower = None
-                if name == "cross_origin_replicate":
-                    follower = get_status(self.cluster.urls[i])
-                p = make_probe(name, self._tag(), self.wl.tasks.pick(rng), follower)
-                if p is not None:
-                    self.fire(i, p, 1000)
+            follower = None
+            if name == "cross_origin_replicate":
+                follower = get_status(self.cluster.urls[i])
+            p = make_probe(name, self._tag(), self.wl.tasks.pick(rng), follower)
+            if p is not None:
+                self.fire(i, p, 1000)
             self.stop_event.wait(rng.uniform(0, self.think))
 
     def _events_probe(self, i: int):
-        """HEAD /events HEAD_BURST times, then GET /events must get a stream slot (nothing
-        else here holds one)."""
-        now = time.monotonic()
-        if now - self._events_probed.get(i, -1e9) < self.EVENTS_COOLDOWN:
-            return
-        self._events_probed[i] = now
+        """HEAD /events HEAD_BURST times, then GET /events must get a stream slot."""
         for _ in range(self.HEAD_BURST):
             s = self.fire(i, make_probe("head_events", self._tag()), 1000)
             if s.answer.status is None or self.stop_event.is_set():
                 return
-        p = Probe("events_after_heads", "any", "GET", "/events", stream=True)
-        s = self.fire(i, p, 1000)
-        body = s.answer.json() if s.answer.status == 503 else None
-        if isinstance(body, dict) and body.get("error") == "too_many_streams":
+        # Streams that others opened and closed hold their slots until the server next
+        # writes to them (a keep-alive within seconds); slots HEAD leaked are never freed.
+        deadline = time.monotonic() + self.EVENTS_COOLDOWN
+        while True:
+            p = Probe("events_after_heads", "any", "GET", "/events", stream=True)
+            s = self.fire(i, p, 1000)
+            body = s.answer.json() if s.answer.status == 503 else None
+            full = isinstance(body, dict) and body.get("error") == "too_many_streams"
+            if not full or time.monotonic() > deadline or self.stop_event.wait(0.5):
+                break
+        if full and time.monotonic() > deadline:
             with self._lock:
                 self.problems.append(
                     f"t={s.t:.3f} GET /events -> {s.node} answered 503 too_many_streams "
-                    f"right after {self.HEAD_BURST} HEAD /events, with no stream open: "
+                    f"for {self.EVENTS_COOLDOWN:g} s after {self.HEAD_BURST} HEAD /events, "
+                    f"with no stream open: "
                     f"HEAD requests leak event-stream slots")
 
     def _slow_loop(self):
