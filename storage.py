@@ -144,6 +144,13 @@ class FileSystem:
     def remove(self, path: str) -> None:
         os.remove(path)
 
+    def sync_file(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def sync_dir(self, path: str) -> None:
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -311,6 +318,11 @@ class Storage:
         Verifies everything before changing anything; on any doubt raises StorageError (and
         releases the directory) instead of starting from a log that may lack durable entries."""
         try:
+            # A crashed process's unsynced writes (and directory entries) are still in the page
+            # cache, and recovery reads them: make them durable before anything relies on them,
+            # or a later power loss takes back entries this node has since acknowledged.
+            for path in (os.path.dirname(os.path.abspath(self.dir)), self.dir, self.wal_dir, self.snap_dir):
+                self.fs.sync_dir(path)
             state, entries, tail = self._recover()
             self._finish_recovery(tail)
         except OSError as exc:
@@ -323,12 +335,14 @@ class Storage:
 
     def _recover(self):
         """Read and check the newest snapshot and the log; returns (state, entries, tail) where
-        tail is (seq, end of the good records, size) of the last segment, or None. Writes nothing."""
+        tail is (seq, end of the good records, size) of the last segment, or None. Changes nothing
+        (it only fsyncs what it reads)."""
         snap_indexes = self._snapshots()
         state = None
         if snap_indexes:
             path = self._snap_path(snap_indexes[0])
             try:
+                self.fs.sync_file(path)
                 meta, state = _decode_local_snapshot(self.fs.read(path))
             except StorageError as exc:
                 raise StorageError(f"snapshot {path} is corrupt ({exc}); refusing to start: "
@@ -351,6 +365,7 @@ class Storage:
         tail = None
         for n, seq in enumerate(segments):
             path = self._segment_path(seq)
+            self.fs.sync_file(path)
             data = self.fs.read(path)
             pos, highest = 0, 0
             while pos < len(data):
@@ -514,6 +529,9 @@ class Storage:
                 if seq == self._segment_seq or self._segment_max[seq] > index:
                     break
                 self.fs.remove(self._segment_path(seq))
+                # One at a time and durably: POSIX does not order unsynced directory changes,
+                # and a later segment gone while an earlier one came back would read as damage.
+                self.fs.sync_dir(self.wal_dir)
                 del self._segment_max[seq]
         except OSError as exc:
             raise StorageError(f"cannot remove a compacted WAL segment: {describe(exc)}") from None

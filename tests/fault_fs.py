@@ -325,6 +325,12 @@ class FaultFS:
         self._op(f"remove {path}", halfway=False)
         self._change(parent, {name: None})
 
+    def sync_file(self, path: str) -> None:
+        self._alive()
+        node = self._file(path)
+        self._op(f"fsync {path}", halfway=False)
+        node.durable = node.data
+
     def sync_dir(self, path: str) -> None:
         self._alive()
         node = self._lookup(path)
