@@ -352,6 +352,11 @@ class Storage:
             self.snapshot_meta = meta
         snap_index, floor = self.snapshot_meta["index"], self.snapshot_meta["wal_floor"]
         segments = [s for s in self._segments() if s >= floor]
+        if state is not None and not segments:
+            # Compaction keeps the current segment and an install creates the floor segment
+            # before the snapshot names it: without one, the term and vote are gone.
+            raise StorageError(f"snapshot {self._snap_path(snap_indexes[0])} has no WAL segment from "
+                               f"{self._segment_path(floor)} on (the term and vote are lost); refusing to start")
         if segments and state is None and segments[0] != 0:
             raise StorageError(f"WAL in {self.wal_dir} starts at segment {segments[0]} (older ones were "
                                "compacted into a snapshot) but there is no snapshot; refusing to start")
@@ -551,6 +556,9 @@ class Storage:
         Raises StorageError if the disk refuses; a failed write leaves no temp file."""
         with self._snap_lock:
             if index <= self.snapshot_meta["index"]:
+                if installed:  # the core dropped its log for it: the WAL must not outlive that
+                    raise StorageError(f"installed snapshot at {index} is not newer than the one at "
+                                       f"{self.snapshot_meta['index']}")
                 return
             floor = self.snapshot_meta["wal_floor"]
             if installed:
@@ -590,6 +598,10 @@ class Storage:
             return meta, self.fs.read(self._snap_path(meta["index"]))
 
     def close(self) -> None:
+        with self._snap_lock:  # a background snapshot finishes before another process may lock
+            self._close()
+
+    def _close(self) -> None:
         if self._segment is not None:
             self._segment.close()
             self._segment = None

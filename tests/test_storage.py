@@ -620,3 +620,57 @@ def test_recovery_makes_durable_what_it_read_before_the_node_relies_on_it():
         fs.reboot(power_loss=True)
         _, entries = Storage("/d", fs=fs).load()
         assert len(entries) == 2, f"seed {seed}: a power loss took back an entry the node had loaded"
+
+
+@pytest.mark.parametrize("damage", ["segments deleted", "wal directory deleted"])
+def test_a_snapshot_without_any_wal_segment_refuses_to_start(tmp_path, damage):
+    """Without a segment the term and vote are gone, and a node that forgot its vote can vote
+    twice in one term; no code path leaves a snapshot without a segment, so this is damage."""
+    import shutil
+    d = str(tmp_path / "node")
+    s = Storage(d)
+    s.load()
+    s.append((7, "n2"), [(i, 7, {"op": "noop"}) for i in range(1, 6)])
+    s.save_snapshot(5, 7, {"tasks": {}, "kv": {}})
+    s.compact(5)
+    s.close()
+    wal = os.path.join(d, "wal")
+    if damage == "segments deleted":
+        for name in os.listdir(wal):
+            os.remove(os.path.join(wal, name))
+    else:
+        shutil.rmtree(wal)
+    with pytest.raises(StorageError, match="term and vote are lost"):
+        Storage(d).load()
+
+
+def test_close_waits_for_a_snapshot_being_written(tmp_path):
+    """Another process may lock the directory once close() returns: a background snapshot must
+    not still be writing into it."""
+    import threading
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowFileSystem(FileSystem):
+        def write_file(self, path, data):
+            entered.set()
+            release.wait(10)
+            super().write_file(path, data)
+
+    d = str(tmp_path / "node")
+    s = Storage(d, fs=SlowFileSystem())
+    s.load()
+    s.append((1, "a"), [(i, 1, {"op": "noop"}) for i in range(1, 4)])
+    writer = threading.Thread(target=s.save_snapshot, args=(3, 1, {"tasks": {}, "kv": {}}))
+    writer.start()
+    assert entered.wait(10)
+    closer = threading.Thread(target=s.close)
+    closer.start()
+    closer.join(0.5)
+    assert closer.is_alive(), "close() returned while the snapshot was still being written"
+    release.set()
+    writer.join(10)
+    closer.join(10)
+    reopened = Storage(d)
+    reopened.load()
+    assert reopened.snapshot_meta["index"] == 3
+    reopened.close()
