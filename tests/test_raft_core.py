@@ -136,7 +136,7 @@ def test_conflicting_suffix_is_truncated_but_never_committed_entries():
     c = core("b", entries=[(1, "e1"), (1, "e2"), (1, "e3")], term=1)
     c.step(append(2, "a", 1, 1, [[2, {"op": "new"}]], commit=1))
     rd = persist(c)
-    assert [t for t, _ in c.log] == [1, 2] and rd.entries == [(2, 2, {"op": "new"})]
+    assert [t for t, *_ in c.log] == [1, 2] and rd.entries == [(2, 2, {"op": "new"})]
     assert rd.messages[-1]["success"] and rd.messages[-1]["match"] == 2
 
 

@@ -1,4 +1,4 @@
-"""The node-to-node HTTP connection (cluster_manager.PeerConnection) against real loopback
+"""The node-to-node HTTP connection (transport.PeerConnection) against real loopback
 servers: waitress, as the nodes run it, and raw socket servers that misbehave on purpose."""
 import socket
 import threading
@@ -6,7 +6,7 @@ import threading
 import pytest
 from waitress import create_server
 
-from cluster_manager import PeerConnection
+from transport import PeerConnection
 
 
 def raw_server(responses):
