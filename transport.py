@@ -424,6 +424,12 @@ class Transport:
     def send(self, msg: dict) -> None:
         self.senders[msg["to"]].send(msg)
 
+    def wake(self) -> None:
+        """Wake the idle senders, e.g. to see that the node is stopping."""
+        for sender in self.senders.values():
+            with sender.cond:
+                sender.cond.notify()
+
     def stats(self) -> dict:
         return {"refused": {p: s.refused for p, s in self.senders.items()},
                 "failed": {p: s.failed for p, s in self.senders.items()},
