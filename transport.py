@@ -198,10 +198,9 @@ class PeerConnection:
     0.56 ms with http.client (its header parsing goes through the email package) and 0.33 ms
     with this, which raised 3-node write throughput at 16 clients by about 10%."""
 
-    def __init__(self, url: str, max_response: int = MAX_PEER_MESSAGE):
+    def __init__(self, url: str):
         parts = urlsplit(url)
         self.host, self.port, self.prefix = parts.hostname, parts.port or 80, parts.path.rstrip("/")
-        self.max_response = max_response
         self.sock: socket.socket | None = None
         self.buf = b""
         self.deadline = 0.0
@@ -278,7 +277,7 @@ class PeerConnection:
                 length = int(value)
                 if length < 0:
                     raise ValueError("negative Content-Length")
-                if length > self.max_response:
+                if length > MAX_PEER_MESSAGE:
                     raise ValueError(f"response body of {length} bytes is over the cap")
             elif name == b"connection":
                 close = value.strip().lower() == b"close"
@@ -286,7 +285,7 @@ class PeerConnection:
                 raise ValueError("chunked responses are not expected from a peer")
         if length is None:  # the body runs to the end of the connection
             try:
-                while len(self.buf) <= self.max_response:
+                while len(self.buf) <= MAX_PEER_MESSAGE:
                     self._recv()
                 raise ValueError("response body without a length runs over the cap")
             except PeerClosed:

@@ -269,13 +269,16 @@ def test_replies_that_are_not_proper_messages_are_refused_and_counted(nodes, no_
 # ------------------------------------------------------------------ item 14: failures are visible
 def test_send_failures_are_logged_as_warnings_without_flooding(nodes, caplog):
     peers = unreachable()
+
+    def lines(peer):
+        return [r for r in caplog.records if "cannot reach peer " + peer in r.getMessage()]
     with caplog.at_level(logging.WARNING, logger="pickledb_cluster"):
         node = nodes(peers)
-        wait_for(lambda: all(n >= 3 for n in node.status()["transport"]["failed"].values()), 10,
+        wait_for(lambda: all(lines(p) for p in peers), 5, "a warning about each unreachable peer")
+        wait_for(lambda: all(n >= 3 for n in node.status()["transport"]["failed"].values()), 5,
                  "several failed sends to each peer")
     for peer in peers:
-        lines = [r for r in caplog.records if "cannot reach peer " + peer in r.getMessage()]
-        assert len(lines) == 1 and lines[0].levelno == logging.WARNING  # once per 5 s per peer
+        assert [r.levelno for r in lines(peer)] == [logging.WARNING]  # once per 5 s per peer
 
 
 # ------------------------------------------------------------------ item 18 / 7: timeouts and reads

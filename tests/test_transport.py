@@ -10,7 +10,7 @@ import orjson
 import pytest
 from waitress import create_server
 
-from transport import LOG_EVERY, Codec, LimitedLog, PeerConnection, RequestRefused
+from transport import LOG_EVERY, MAX_PEER_MESSAGE, Codec, LimitedLog, PeerConnection, RequestRefused
 
 
 def raw_server(responses):
@@ -168,8 +168,8 @@ def test_the_timeout_is_a_deadline_for_the_whole_call():
 
 
 def test_a_body_without_length_is_read_only_up_to_the_cap():
-    srv = trickling_server(b"HTTP/1.1 200 OK\r\n\r\n", b"y" * 4096, 0.001, 4)
-    conn = PeerConnection(f"http://127.0.0.1:{srv.getsockname()[1]}", max_response=64 * 1024)
+    srv = trickling_server(b"HTTP/1.1 200 OK\r\n\r\n", b"y" * 65536, 0.001, 4)
+    conn = PeerConnection(f"http://127.0.0.1:{srv.getsockname()[1]}")
     try:
         with pytest.raises(ValueError, match="over the cap"):
             conn.post("/a", b"{}", {}, 1, 3)
@@ -179,8 +179,8 @@ def test_a_body_without_length_is_read_only_up_to_the_cap():
 
 
 def test_a_declared_length_over_the_cap_is_refused_before_reading():
-    srv, _ = raw_server([b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n"])
-    conn = PeerConnection(f"http://127.0.0.1:{srv.getsockname()[1]}", max_response=1024)
+    srv, _ = raw_server([b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_PEER_MESSAGE + 1)])
+    conn = PeerConnection(f"http://127.0.0.1:{srv.getsockname()[1]}")
     try:
         with pytest.raises(ValueError, match="over the cap"):
             conn.post("/a", b"{}", {}, 1, 2)
