@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import reprlib
 import socket
 import threading
 import time
@@ -64,8 +65,9 @@ def peer_timeout(election_timeout: float) -> float:
 
 def secret_token(secret: str) -> str:
     """What X-Cluster-Secret carries: the SHA-256 of the secret's UTF-8 bytes, in hex. Any secret
-    works (non-ASCII, spaces, control characters), and the header is always plain ASCII."""
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+    works (non-ASCII, spaces, control characters, even bytes that are not UTF-8 in argv), and
+    the header is always plain ASCII."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 class RequestRefused(Exception):
@@ -137,7 +139,8 @@ class Codec:
         for name, kind in _FIELDS[mtype]:
             value = msg.get(name)
             if type(value) is not kind or (kind is int and value < 0):
-                return f"field {name!r} is {value!r}, expected a{' non-negative' if kind is int else ''} {kind.__name__}"
+                return (f"field {name!r} is {reprlib.repr(value)}, expected a"
+                        f"{' non-negative' if kind is int else ''} {kind.__name__}")
         if type(msg.get("pre", False)) is not bool:
             return "field 'pre' is not a boolean"
         if mtype == APPEND_REQ:
