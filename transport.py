@@ -131,11 +131,11 @@ class Codec:
         if type(msg) is not dict:
             return f"not a JSON object but {type(msg).__name__}"
         if msg.get("type") != mtype:
-            return f"type is {msg.get('type')!r}, expected {mtype}"
-        if msg.get("from") not in sender:
-            return f"sender {msg.get('from')!r} is not a peer"
+            return f"type is {reprlib.repr(msg.get('type'))}, expected {mtype}"
+        if type(msg.get("from")) is not str or msg["from"] not in sender:
+            return f"sender {reprlib.repr(msg.get('from'))} is not a peer"
         if msg.get("to") != self.node_id:
-            return f"addressed to {msg.get('to')!r}, not to this node"
+            return f"addressed to {reprlib.repr(msg.get('to'))}, not to this node"
         for name, kind in _FIELDS[mtype]:
             value = msg.get(name)
             if type(value) is not kind or (kind is int and value < 0):

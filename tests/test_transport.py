@@ -212,7 +212,8 @@ def test_the_codec_accepts_well_formed_requests():
 @pytest.mark.parametrize("change", [
     {"term": True}, {"term": -1}, {"term": 1.0}, {"term": "1"}, {"rid": None}, {"commit": None},
     {"entries": {}}, {"entries": [[1]]}, {"entries": [["1", {}]]}, {"entries": [[1, []]]},
-    {"entries": [[-1, {}]]}, {"from": "http://127.0.0.1:3"}, {"to": PEER}, {"type": "vote_req"},
+    {"entries": [[-1, {}]]}, {"from": "http://127.0.0.1:3"}, {"from": []}, {"from": {}}, {"to": PEER},
+    {"to": None}, {"type": "vote_req"}, {"type": []},
     {"pre": 1},
 ])
 def test_the_codec_refuses_malformed_requests(change):
