@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from raft_core import APPEND_REQ, LEADER, NOOP, REQUESTS, SNAP_REQ, NotLeader, RaftCore
-from storage import Storage
+from storage import Storage, StorageError
 from task_state import TaskStateMachine
 from transport import MAX_ENTRY_BYTES, RequestRefused, Transport
 
@@ -263,6 +263,10 @@ class Node:
                     log.info("became leader for term %d", core.term)
                 was_leader = core.role == LEADER
                 self._publish_status()
+        except StorageError as exc:  # an expected failure (disk full, fsync error): one line
+            log.error("storage failed: %s; exiting, the log can no longer be trusted to be durable", exc)
+            print(f"error: storage failed: {exc}", file=sys.stderr, flush=True)
+            os._exit(70)
         except Exception:
             log.exception("raft loop crashed; exiting so that no unsafe state is served")
             os._exit(70)
@@ -419,6 +423,8 @@ class Node:
             try:
                 self.storage.save_snapshot(index, term, state)
                 self.submit(("compact", index, term))
+            except StorageError as exc:  # the node goes on: the log still holds everything
+                log.error("snapshot at %d failed: %s", index, exc)
             except Exception:
                 log.exception("snapshot at %d failed", index)
             finally:

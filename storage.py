@@ -270,10 +270,14 @@ def decode_snapshot(data: bytes) -> tuple[dict, dict]:
     return _check_snapshot(document)
 
 
+def _has_checksum(data: bytes) -> bool:
+    return data.endswith(b'"}') and _SUM_KEY in data[-_TRAILER_SIZE:]
+
+
 def _decode_local_snapshot(data: bytes) -> tuple[dict, dict]:
     """decode_snapshot, also accepting the unchecksummed files of earlier versions (exactly the keys
     meta and state: a damaged checksummed file never parses as one)."""
-    if data.endswith(b'"}') and _SUM_KEY in data[-_TRAILER_SIZE:]:
+    if _has_checksum(data):
         return decode_snapshot(data)
     try:
         document = orjson.loads(data)
@@ -595,7 +599,10 @@ class Storage:
         """The newest durable snapshot's meta and raw file, for sending to a lagging follower."""
         with self._snap_lock:
             meta = dict(self.snapshot_meta)
-            return meta, self.fs.read(self._snap_path(meta["index"]))
+            data = self.fs.read(self._snap_path(meta["index"]))
+        if not _has_checksum(data):  # written by an earlier version: receivers require one
+            data = encode_snapshot(*_decode_local_snapshot(data))
+        return meta, data
 
     def close(self) -> None:
         with self._snap_lock:  # a background snapshot finishes before another process may lock

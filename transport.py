@@ -28,6 +28,7 @@ import orjson
 
 from raft_core import (APPEND_REQ, APPEND_RESP, SNAP_REQ, SNAP_RESP, SNAPSHOT_RETRY, VOTE_REQ,
                        VOTE_RESP)
+from storage import StorageError, decode_snapshot
 
 log = logging.getLogger("pickledb_cluster.transport")
 
@@ -174,15 +175,14 @@ class Codec:
 
     @staticmethod
     def decode_snapshot(request: dict, raw: bytes) -> dict:
-        """The state in an InstallSnapshot body (a pickledb file {"meta": ..., "state": ...})."""
+        """The state in an InstallSnapshot body: a snapshot file whose checksum holds and whose
+        meta is the announced snapshot (a sender's disk can rot too; installing rotten state
+        would give it a fresh, valid checksum here)."""
         try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            doc = None
-        meta = doc.get("meta") if type(doc) is dict else None
-        state = doc.get("state") if type(doc) is dict else None
-        if (type(meta) is not dict or type(state) is not dict
-                or (meta.get("index"), meta.get("term")) != (request["last_index"], request["last_term"])
+            meta, state = decode_snapshot(raw)
+        except StorageError as exc:
+            raise RequestRefused(400, "invalid_request", f"snapshot body is not a valid snapshot: {exc}")
+        if ((meta["index"], meta["term"]) != (request["last_index"], request["last_term"])
                 or any(type(state.get(part, {})) is not dict for part in ("tasks", "kv"))):
             raise RequestRefused(400, "invalid_request", "snapshot body is not the announced snapshot")
         return state

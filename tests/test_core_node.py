@@ -106,6 +106,29 @@ def test_a_request_a_browser_could_send_never_reaches_the_log(nodes, headers, ca
     wait_for(lambda: node.state.get_kv("forged") == 1, 5, "the peer's entry to be applied")
 
 
+def test_an_installed_snapshot_must_pass_its_checksum_and_be_the_announced_one(nodes):
+    """A sender's disk can rot too: a follower that installed a damaged snapshot would store it
+    with a fresh, valid checksum of its own."""
+    from storage import encode_snapshot
+    peers = unreachable()
+    node = nodes(peers, http=True)
+    state = {"tasks": {}, "kv": {"k": "leader's value"}}
+    good = encode_snapshot({"index": 5, "term": 1, "wal_floor": 0}, state)
+    rotten = good.replace(b"leader's value", b"leader's valuE")
+    msg = {"type": "snap_req", "from": peers[0], "to": node.id, "term": 1, "last_index": 5,
+           "last_term": 1, "seq": 0, "rid": 1}
+    headers = {**GOOD_HEADERS, "X-Raft-Message": orjson.dumps(msg).decode()}
+    for body, why in ((rotten, "checksum"), (encode_snapshot({"index": 7, "term": 1, "wal_floor": 0}, state),
+                                             "announced"), (orjson.dumps({"meta": {"index": 5, "term": 1,
+                                             "wal_floor": 0}, "state": state}), "checksum")):
+        r = requests.post(node.id + "/raft/snapshot", data=body, headers=headers, timeout=5)
+        assert r.status_code == 400 and why in r.json()["message"], r.text
+        assert node.status()["snapshot_index"] == 0 and node.state.get_kv("k") is None
+    r = requests.post(node.id + "/raft/snapshot", data=good, headers=headers, timeout=5)
+    assert r.status_code == 200 and r.json()["success"] is True, r.text
+    wait_for(lambda: node.state.get_kv("k") == "leader's value", 5, "the snapshot to be installed")
+
+
 # ------------------------------------------------------------------ item 5: bad commands
 def deep(levels, inner="bottom"):
     value = inner
