@@ -2,17 +2,24 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import logging
+import math
 import os
 import signal
 import sys
+import unicodedata
+from urllib.parse import urlsplit
 
-from waitress import create_server
+from http_server import HTTPServer, Limits
 
 DEFAULT_PORTS = (4000, 4001, 4002)
-SERVER_THREADS = 48  # client requests block while their write commits; SSE streams hold one each
-CONNECTION_LIMIT = 500  # clients, peers' forwarding pools and SSE streams; waitress's default is 100
+LIMITS = Limits()
+SERVER_THREADS = LIMITS.client_threads
+CONNECTION_LIMIT = LIMITS.client_connections
+RAFT_MESSAGE_LIMIT = 8 * 1024 * 1024  # body cap of a node-to-node message other than a snapshot
+SNAPSHOT_PATH = "/raft/snapshot"
 
 
 def is_loopback(host: str) -> bool:
@@ -39,8 +46,8 @@ def parse_args(argv, default_port: int):
     args = p.parse_args(argv)
     if not 0 < args.port < 65536:
         p.error("--port must be between 1 and 65535")
-    if args.heartbeat_interval <= 0 or args.election_timeout <= 0:
-        p.error("--heartbeat-interval and --election-timeout must be positive")
+    if not all(math.isfinite(t) and t > 0 for t in (args.heartbeat_interval, args.election_timeout)):
+        p.error("--heartbeat-interval and --election-timeout must be positive numbers")
     if args.election_timeout < 2 * args.heartbeat_interval:
         p.error("--election-timeout must be at least twice --heartbeat-interval")
     if args.peers is None:
@@ -49,15 +56,66 @@ def parse_args(argv, default_port: int):
         args.peers = ",".join(f"http://{args.host}:{q}" for q in DEFAULT_PORTS if q != args.port)
     args.peer_list = [u.strip().rstrip("/") for u in args.peers.split(",") if u.strip()]
     for url in args.peer_list:
-        if not url.startswith("http://"):
-            p.error(f"peer URL {url!r} must look like http://HOST:PORT")
+        if not valid_peer_url(url):
+            p.error(f"peer URL {url!r} must look like http://HOST:PORT (port 1-65535, nothing after it)")
+    if len(set(args.peer_list)) != len(args.peer_list):
+        p.error("--peers lists a URL twice")
+    if f"http://{args.host}:{args.port}" in args.peer_list:
+        p.error(f"--peers must list the other nodes, not this one (http://{args.host}:{args.port})")
+    if args.cluster_secret is not None:
+        problem = secret_problem(args.cluster_secret)
+        if problem:
+            p.error(f"--cluster-secret (or $PICKLEDB_CLUSTER_SECRET) {problem}")
     if not is_loopback(args.host) and not args.cluster_secret:
         p.error("refusing to listen on a non-loopback address without --cluster-secret")
     return args
 
 
+def valid_peer_url(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        return False
+    return (parts.scheme == "http" and bool(parts.hostname) and port is not None and 0 < port
+            and not (parts.path or parts.query or parts.fragment or parts.username or parts.password)
+            and "#" not in url and "?" not in url)
+
+
+def secret_problem(secret: str) -> str | None:
+    """Why the secret cannot travel in an HTTP header, or None. It is sent as UTF-8; header
+    values cannot hold control characters, and parsers strip surrounding spaces."""
+    if not secret:
+        return "must not be empty"
+    if any(unicodedata.category(ch) == "Cc" for ch in secret):
+        return "must not contain control characters (CR, LF, tab, NUL and the like)"
+    if secret != secret.strip(" "):
+        return "must not start or end with a space"
+    try:
+        secret.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    return None
+
+
+def describe(exc: OSError) -> str:
+    text = exc.strerror or str(exc)
+    return f"{text}: {exc.filename}" if exc.filename else text
+
+
+def peer_routes() -> dict[str, int]:
+    """Body caps of the node-to-node paths; those requests run on the server's peer pool."""
+    from api_server import MAX_SNAPSHOT_BODY, RAFT_RPC  # becomes transport.RAFT_PATHS
+    return {path: MAX_SNAPSHOT_BODY if path == SNAPSHOT_PATH else RAFT_MESSAGE_LIMIT for path in RAFT_RPC}
+
+
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv=None, default_port: int = 4001, first_election_factor: float | None = None) -> int:
-    from api_server import create_app
+    from api_server import MAX_BODY, create_app
     from cluster_manager import Node, NodeConfig
     from storage import StorageError
 
@@ -74,29 +132,27 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
     try:
         node = Node(config)
     except StorageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
+    except OSError as exc:  # read-only, not a directory, disk full...
+        return fail(f"cannot use data directory {config.data_dir}: {describe(exc)}")
     try:
-        server = create_server(create_app(node), host=args.host, port=args.port, threads=SERVER_THREADS,
-                               connection_limit=CONNECTION_LIMIT, channel_timeout=60, ident="pickledb-cluster")
-    except OSError as exc:
+        server = HTTPServer(create_app(node), args.host, args.port, peer_routes(),
+                            limits=dataclasses.replace(LIMITS, client_body=MAX_BODY), on_stop=node.begin_shutdown)
+    except (OSError, ValueError) as exc:  # in use, not an address of this machine
         node.storage.close()
-        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        reason = describe(exc) if isinstance(exc, OSError) else str(exc)
+        return fail(f"cannot listen on {args.host}:{args.port}: {reason}")
 
     def shut_down(signum, frame):
-        raise KeyboardInterrupt
+        server.stop()
     signal.signal(signal.SIGTERM, shut_down)
+    signal.signal(signal.SIGINT, shut_down)
     node.start()
     logging.getLogger("pickledb_cluster.node").info(
         "node %s serving (peers: %s; data: %s)", config.url, ", ".join(config.peers) or "none", config.data_dir)
     try:
-        server.run()
-    except KeyboardInterrupt:
-        pass
+        server.serve_forever()
     finally:
-        node.begin_shutdown()
-        server.close()
         node.stop()
         logging.getLogger("pickledb_cluster.node").info("node %s stopped", config.url)
     return 0
