@@ -14,11 +14,14 @@ pool. This module adds, without a thread hop of its own:
 * Connection limit without lock-out. waitress stops accepting at its connection limit, which
   locks peers out along with everyone else. Here at most `client_connections` connections that
   are not verified peers stay open: a new connection beyond that closes the client connection
-  that has waited longest for a request (never one being served, never a peer). A connection
-  becomes a verified peer when a peer path has answered it 200 (so it passed the app's
-  cluster-secret and message checks); peers are not counted.
+  that has waited longest for a request (never one being served, never a peer). When every
+  client connection is being served, the new one is kept just long enough to see whether its
+  first request is node-to-node; a client request on it gets 503. A connection becomes a
+  verified peer when a peer path has answered it 200 (so it passed the app's cluster-secret
+  and message checks); peers are not counted.
 * Body caps by path: the declared Content-Length is refused before any body is read; a chunked
-  body is cut as soon as it passes the cap (its framing counts).
+  body is cut as soon as it passes the cap (its framing counts). The larger node-to-node caps
+  apply only to requests that carry the cluster secret, when there is one.
 * The server's own answers (400, 408, 413, 431, 500, 501, 503) are the API's JSON errors, and
   an error that closes a connection half-closes it and drains input briefly (a "lingering
   close", as Apache and nginx do), so the client reads the error instead of a reset.
@@ -47,12 +50,11 @@ from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
-from waitress.utilities import RequestEntityTooLarge, RequestHeaderFieldsTooLarge
+from waitress.utilities import Error, RequestEntityTooLarge, RequestHeaderFieldsTooLarge
 
 log = logging.getLogger("pickledb_cluster.http")
 
 PEER_CONNECTION_RESERVE = 100  # waitress's own limit, a backstop: clients + verified peers + this
-PEER_MEMORY_BODY = 8 * 1024 * 1024  # peer bodies up to this stay in memory; larger ones spool to disk
 LINGER_BYTES = 4 * 1024 * 1024  # input drained after an error before the connection is closed
 OVERFLOW_LOG_SECONDS = 10  # at most one "connection limit reached" warning per this many seconds
 
@@ -101,11 +103,10 @@ class _RequestParser(HTTPRequestParser):
     def parse_header(self, header_plus):
         super().parse_header(header_plus)
         if self.command == "POST":
-            self.peer_cap = self.server.peer_routes.get(self.path)
-            if self.peer_cap is not None:
-                self.cap = self.peer_cap
-                if self.body_rcv is not None and self.peer_cap <= PEER_MEMORY_BODY:
-                    self.body_rcv.buf.overflow = self.peer_cap + 1  # few peers: keep it in memory
+            cap = self.server.peer_routes.get(self.path)
+            authentic = self.server.peer_auth
+            if cap is not None and (authentic is None or authentic(self.headers)):
+                self.peer_cap = self.cap = cap
 
     def received(self, data):
         in_head = self.body_rcv is None and not self.completed
@@ -123,6 +124,11 @@ class _RequestParser(HTTPRequestParser):
         return consumed
 
 
+class _Overloaded(Error):
+    code = 503
+    reason = "Service Unavailable"
+
+
 class _ErrorTask(ErrorTask):
     """waitress's own error answers, as the API's JSON error."""
 
@@ -132,6 +138,8 @@ class _ErrorTask(ErrorTask):
         body = orjson.dumps({"error": ERROR_CODES.get(error.code, "error"), "message": message})
         self.status = f"{error.code} {error.reason}"
         self.response_headers.append(("Content-Type", "application/json"))
+        if error.code == 503:
+            self.response_headers.append(("Retry-After", "1"))
         self.set_close_on_finish()
         self.channel.linger_on_close = True
         self.content_length = len(body)
@@ -143,12 +151,14 @@ class _Task(WSGITask):
         super().service()
         if self.request.peer_cap is not None and self.status.startswith("200"):
             self.channel.peer = True
+            self.channel.provisional = False
 
 
 class _Channel(HTTPChannel):
     task_class = _Task
     error_task_class = _ErrorTask
     peer = False  # a peer path has answered this connection 200
+    provisional = False  # let in over the limit: for a node-to-node request only
     served = False  # at least one request was answered
     linger_on_close = False
     lingering_until: float | None = None
@@ -268,8 +278,15 @@ class _Listener(TcpWSGIServer):
         super().__init__(app, map=map, dispatcher=owner.client_pool, adj=adj, sockinfo=sockinfo)
 
     def add_task(self, channel):
-        pool = self.owner.peer_pool if channel.requests[0].peer_cap is not None else self.owner.client_pool
-        pool.add_task(channel)
+        request = channel.requests[0]
+        if request.peer_cap is not None:
+            self.owner.peer_pool.add_task(channel)
+        elif channel.provisional and request.error is None:
+            # Answered at once, without waiting behind the client work that filled the server.
+            request.error = _Overloaded("too many open connections, all busy; retry shortly")
+            self.owner.peer_pool.add_task(channel)
+        else:
+            self.owner.client_pool.add_task(channel)
 
     def maintenance(self, now):  # every cleanup_interval, from readable(), on the I/O thread
         monotonic_now = time.monotonic()
@@ -295,13 +312,18 @@ class HTTPServer:
     """Serves `app` on host:port until stop().
 
     peer_routes maps each node-to-node path (POST only) to its body cap in bytes; those requests
-    run on the peer pool. `on_stop` runs on the I/O thread when stopping begins (wake long-lived
-    responses there)."""
+    run on the peer pool. With `peer_auth`, only requests whose head it accepts (it gets waitress's
+    header dict: "X-Cluster-Secret" is "X_CLUSTER_SECRET") count as node-to-node; the others are
+    client traffic, with the client cap, so an unauthenticated body is never read past 1 MiB and
+    never queues in front of a peer. `on_stop` runs on the I/O thread when stopping begins (wake
+    long-lived responses there)."""
 
     def __init__(self, app, host: str, port: int, peer_routes: Mapping[str, int], limits: Limits = Limits(),
-                 on_stop: Callable[[], None] | None = None, ident: str = "pickledb-cluster"):
+                 peer_auth: Callable[[dict], bool] | None = None, on_stop: Callable[[], None] | None = None,
+                 ident: str = "pickledb-cluster"):
         self.limits = limits
         self.peer_routes = dict(peer_routes)
+        self.peer_auth = peer_auth
         self.on_stop = on_stop
         self.stopping = False
         self.draining = False
@@ -334,16 +356,19 @@ class HTTPServer:
 
     def admit(self, newcomer: _Channel) -> None:
         """Keep at most client_connections client connections: close the one that has waited
-        longest for a request, which is the newcomer only if every other one is being served."""
+        longest for a request. If every other one is being served, the newcomer stays only for
+        a node-to-node request (waitress's own connection limit bounds how many try)."""
         limit = self.limits.client_connections
         if sum(len(listener.active_channels) for listener in self.listeners) <= limit:
             return
         clients = [c for c in self.channels() if c.counts_as_client()]
         if len(clients) <= limit:
             return
-        waiting = [c for c in clients if c.evictable()]
-        victim = min(waiting, key=lambda c: c.waiting_since, default=newcomer)
-        victim.evict()
+        waiting = [c for c in clients if c.evictable() and not c.provisional and c is not newcomer]
+        if waiting:
+            min(waiting, key=lambda c: c.waiting_since).evict()
+        else:
+            newcomer.provisional = True
         now = time.monotonic()
         if now - self.last_overflow_log > OVERFLOW_LOG_SECONDS:
             self.last_overflow_log = now

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hmac
 import ipaddress
 import logging
 import math
@@ -41,8 +42,9 @@ def parse_args(argv, default_port: int):
     p.add_argument("--heartbeat-interval", type=float, default=2.0, help="seconds between leader heartbeats (default 2)")
     p.add_argument("--election-timeout", type=float, default=5.0,
                    help="a node that hears no leader for a random time in [T, 2T) stands for election (default 5)")
-    p.add_argument("--cluster-secret", default=os.environ.get("PICKLEDB_CLUSTER_SECRET"),
-                   help="shared secret for node-to-node requests (default: $PICKLEDB_CLUSTER_SECRET)")
+    p.add_argument("--cluster-secret", default=os.environ.get("PICKLEDB_CLUSTER_SECRET") or None,
+                   help="shared secret for node-to-node requests (default: $PICKLEDB_CLUSTER_SECRET; "
+                        "an empty variable counts as unset)")
     args = p.parse_args(argv)
     if not 0 < args.port < 65536:
         p.error("--port must be between 1 and 65535")
@@ -103,6 +105,21 @@ def describe(exc: OSError) -> str:
     return f"{text}: {exc.filename}" if exc.filename else text
 
 
+def peer_auth(secret: str | None):
+    """Recognises a node-to-node request by its secret header, for the server's routing and body
+    caps (the app checks it again). The sender writes the secret as UTF-8 bytes; waitress hands
+    header values over decoded as latin-1, which gives those bytes back."""
+    if not secret:
+        return None
+    from cluster_manager import SECRET_HEADER
+    key, expected = SECRET_HEADER.upper().replace("-", "_"), secret.encode("utf-8")
+
+    def authentic(headers: dict) -> bool:
+        given = headers.get(key)
+        return given is not None and hmac.compare_digest(given.encode("latin-1"), expected)
+    return authentic
+
+
 def peer_routes() -> dict[str, int]:
     """Body caps of the node-to-node paths; those requests run on the server's peer pool."""
     from api_server import MAX_SNAPSHOT_BODY, RAFT_RPC  # becomes transport.RAFT_PATHS
@@ -137,7 +154,8 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
         return fail(f"cannot use data directory {config.data_dir}: {describe(exc)}")
     try:
         server = HTTPServer(create_app(node), args.host, args.port, peer_routes(),
-                            limits=dataclasses.replace(LIMITS, client_body=MAX_BODY), on_stop=node.begin_shutdown)
+                            limits=dataclasses.replace(LIMITS, client_body=MAX_BODY),
+                            peer_auth=peer_auth(args.cluster_secret), on_stop=node.begin_shutdown)
     except (OSError, ValueError) as exc:  # in use, not an address of this machine
         node.storage.close()
         reason = describe(exc) if isinstance(exc, OSError) else str(exc)

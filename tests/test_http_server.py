@@ -124,9 +124,10 @@ def serve():
     """serve(**limits) -> (server, app), running in a thread; stopped at the end."""
     running = []
 
-    def start(**limits):
+    def start(peer_auth=None, **limits):
         app = App()
-        server = HTTPServer(app, "127.0.0.1", 0, PEER_ROUTES, limits=Limits(**limits), on_stop=app.stopped.set)
+        server = HTTPServer(app, "127.0.0.1", 0, PEER_ROUTES, limits=Limits(**limits), peer_auth=peer_auth,
+                            on_stop=app.stopped.set)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         server.thread = thread
@@ -162,6 +163,27 @@ def test_peer_requests_are_served_while_every_client_thread_is_blocked(serve):
     finally:
         for s in blocked:
             s.close()
+
+
+def test_with_a_secret_only_authenticated_requests_are_node_to_node(serve):
+    server, app = serve(client_threads=1, peer_auth=lambda headers: headers.get("X_CLUSTER_SECRET") == "s3cret")
+    port = server.port
+    signed = "X-Cluster-Secret: s3cret\r\n"
+    # Unauthenticated, a peer path gets the client cap: its 2 MiB body is refused unread.
+    assert_json_error(exchange(port, post_head("/replicate", 2 * MiB)), 413, "request_entity_too_large")
+    assert exchange(port, post_head("/replicate", 2 * MiB, signed) + b"x" * (2 * MiB))[0] == 200
+    # ... and it waits for a client thread like any client request, while a peer's does not.
+    with socket.create_connection(("127.0.0.1", port)) as blocked, \
+            socket.create_connection(("127.0.0.1", port)) as forged:
+        blocked.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for(lambda: server.client_pool.active_count == 1, 5, "the client thread to block")
+        forged.sendall(post_head("/replicate", 2) + b"{}")
+        assert exchange(port, post_head("/replicate", 2, signed) + b"{}")[0] == 200
+        forged.settimeout(0.3)
+        with pytest.raises(socket.timeout):
+            forged.recv(1)
+        app.gate.set()
+        assert read_response(forged)[0] == 200
 
 
 def test_a_head_sent_one_line_at_a_time_is_cut_off_at_the_head_deadline(serve):
@@ -246,6 +268,25 @@ def test_a_flood_of_waiting_clients_evicts_the_longest_waiting_never_peers_or_ru
             assert read_response(s)[0] == 200
     finally:
         for s in [peer, *running, *flood]:
+            s.close()
+
+
+def test_when_every_client_connection_is_busy_a_new_one_is_kept_only_for_a_peer(serve):
+    server, app = serve(client_connections=4, client_threads=2)
+    busy = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]  # 2 run, 2 queue
+    try:
+        for s in busy:
+            s.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for(lambda: sum(bool(c.requests) for c in server.channels()) == 4, 5, "four busy connections")
+        doc = assert_json_error(exchange(server.port, b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n"),
+                                503, "too_many_connections")
+        assert "busy" in doc["message"]
+        assert exchange(server.port, post_head("/replicate", 2) + b"{}")[0] == 200
+        app.gate.set()
+        for s in busy:
+            assert read_response(s)[0] == 200
+    finally:
+        for s in busy:
             s.close()
 
 
