@@ -67,7 +67,7 @@ class Limits:
     head_timeout: float = 10.0
     body_timeout: float = 10.0  # grace before min_body_rate applies
     min_body_rate: float = 64 * 1024  # bytes per second, on average over the body
-    idle_timeout: float = 30.0  # a keep-alive connection between requests
+    idle_timeout: float = 60.0  # a keep-alive connection between requests (as before)
     send_timeout: float = 30.0  # an answer the client does not read
     max_head: int = 64 * 1024  # request line and headers
     client_body: int = 1024 * 1024

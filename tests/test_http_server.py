@@ -531,6 +531,7 @@ def test_a_cluster_under_a_slow_client_attack_keeps_its_leader_commits_and_catch
             for n in cluster.nodes:
                 view = n.status()
                 assert view["term"] == term and view["leader"] == leader.url, view
+            assert "client connections open (the limit)" in open(leader.log_path).read()  # it was full
         finally:
             if attack is not None:
                 attack.close()
