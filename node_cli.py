@@ -79,9 +79,10 @@ def valid_peer_url(url: str) -> bool:
         port = parts.port
     except ValueError:  # not a number, or out of range
         return False
+    # A node's identity is exactly http://HOST:PORT: anything after it would never match.
     return (parts.scheme == "http" and bool(parts.hostname) and port is not None and 0 < port
             and not (parts.path or parts.query or parts.fragment or parts.username or parts.password)
-            and "#" not in url and "?" not in url)
+            and "#" not in url and "?" not in url)  # an empty query or fragment too
 
 
 def secret_problem(secret: str) -> str | None:
@@ -137,6 +138,9 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
     from storage import StorageError
 
     args = parse_args(sys.argv[1:] if argv is None else argv, default_port)
+    snapshot_every = os.environ.get("PICKLEDB_SNAPSHOT_EVERY", "10000")
+    if not (snapshot_every.isdigit() and int(snapshot_every) > 0):
+        return fail(f"PICKLEDB_SNAPSHOT_EVERY must be a positive integer, not {snapshot_every!r}")
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{args.port}] %(levelname)s %(name)s: %(message)s")
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     config = NodeConfig(
@@ -145,7 +149,7 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
         heartbeat_interval=args.heartbeat_interval, election_timeout=args.election_timeout,
         first_election_timeout=(args.election_timeout * first_election_factor if first_election_factor else None),
         cluster_secret=args.cluster_secret,
-        snapshot_every=int(os.environ.get("PICKLEDB_SNAPSHOT_EVERY", "10000")))
+        snapshot_every=int(snapshot_every))
     try:
         node = Node(config)
     except StorageError as exc:

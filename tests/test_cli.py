@@ -72,6 +72,11 @@ def node_args(tmp_path, data_dir=None, port=None) -> list[str]:
             "--data-dir", str(data_dir or tmp_path / "data")]
 
 
+def test_a_bad_snapshot_interval_in_the_environment(tmp_path):
+    result = run_node(*node_args(tmp_path), env={"PICKLEDB_SNAPSHOT_EVERY": "often"})
+    assert_startup_error(result, "PICKLEDB_SNAPSHOT_EVERY must be a positive integer")
+
+
 def test_port_in_use(tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
