@@ -29,8 +29,10 @@ pool. This module adds, without a thread hop of its own:
   for up to `drain_timeout`, then closes every connection from the I/O thread, so no worker
   writes to a closed descriptor.
 
-TLS: waitress has none. A TLS terminator (stunnel, haproxy, nginx) in front of this port keeps
-every guard here, since routing and caps key on the request, not the connection.
+TLS: waitress has none. Nothing here depends on plain text: routing, caps and deadlines key on
+the parsed request. A terminator in front (the node listening on loopback) keeps every guard;
+TLS inside would wrap accepted sockets in _Listener with a non-blocking handshake in _Channel
+(the head deadline then bounds the handshake too, and the lingering close sends close_notify).
 """
 from __future__ import annotations
 
