@@ -6,7 +6,6 @@ proposed only on the leader (followers forward them); reads are linearizable unl
 """
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import threading
@@ -14,7 +13,6 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from http import HTTPStatus
 
 import orjson
 import requests
@@ -23,12 +21,12 @@ from flask import Flask, Response, request, send_file
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
-from cluster_manager import MESSAGE_HEADER, SECRET_HEADER, ClientError, Node, no_leader
+from cluster_manager import ClientError, Node, no_leader
+from transport import raft_rpc
 
 log = logging.getLogger("pickledb_cluster.api")
 
 MAX_BODY = 1024 * 1024
-MAX_SNAPSHOT_BODY = 1024 * 1024 * 1024
 MAX_TITLE = 500
 MAX_DESCRIPTION = 10_000
 MAX_KEY = 500
@@ -145,28 +143,6 @@ def page_args() -> tuple[int | None, int]:
             raise BadRequest(f"'{name}' must be between {low} and {high}")
         return value
     return number("limit", None, 1, MAX_PAGE), number("offset", 0, 0, 10**12)
-
-
-_INT_FIELDS = {"vote_req": ("last_index", "last_term"), "append_req": ("prev_index", "prev_term", "commit", "seq"),
-               "snap_req": ("last_index", "last_term", "seq")}
-
-
-def raft_message(expected: str, raw: bytes) -> dict:
-    """Parse and shape-check a peer's raft request so a malformed one never reaches the core."""
-    try:
-        msg = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise BadRequest("raft message is not valid JSON")
-    ok = (isinstance(msg, dict) and msg.get("type") == expected and isinstance(msg.get("from"), str)
-          and isinstance(msg.get("term"), int) and msg["term"] >= 0
-          and all(isinstance(msg.get(f), int) for f in _INT_FIELDS[expected]))
-    if ok and expected == "append_req":
-        ok = isinstance(msg.get("entries"), list) and all(
-            isinstance(e, list) and len(e) == 2 and isinstance(e[0], int) and isinstance(e[1], dict)
-            for e in msg["entries"])
-    if not ok:
-        raise BadRequest(f"malformed {expected} message")
-    return msg
 
 
 # ------------------------------------------------------------------ app factory
@@ -386,77 +362,4 @@ def create_app(node: Node) -> Flask:
         return send_file(DASHBOARD, mimetype="text/html", max_age=0)
 
     app.wsgi_app = raft_rpc(node, app)
-    return app
-
-
-# ------------------------------------------------------------------ node-to-node RPC
-RAFT_RPC = {"/heartbeat": "append_req", "/replicate": "append_req", "/raft/vote": "vote_req",
-            "/raft/snapshot": "snap_req"}
-SECRET_ENVIRON = "HTTP_" + SECRET_HEADER.upper().replace("-", "_")
-MESSAGE_ENVIRON = "HTTP_" + MESSAGE_HEADER.upper().replace("-", "_")
-
-
-def raft_rpc(node: Node, flask_app: Flask):
-    """WSGI app for the node-to-node endpoints (POST only); everything else goes to `flask_app`.
-    Raft traffic is on the path of every replicated write, and Flask's request handling costs
-    about 0.9 ms a call on this machine, more than all the rest of a call, so it is skipped."""
-    client_api = flask_app.wsgi_app
-    client_paths = {rule.rule for rule in flask_app.url_map.iter_rules()}  # e.g. GET /heartbeat
-
-    def check_secret(environ) -> None:
-        secret = node.config.cluster_secret
-        if not secret:
-            return
-        given = environ.get(SECRET_ENVIRON)
-        if given is None:
-            raise BadRequest("missing cluster secret", 401, "unauthorized")
-        if not hmac.compare_digest(given.encode(), secret.encode()):
-            raise BadRequest("wrong cluster secret", 403, "forbidden")
-
-    def read_body(environ, limit: int) -> bytes:
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            raise BadRequest("invalid Content-Length")
-        if length > limit:
-            raise BadRequest("request body too large", 413, "request_entity_too_large")
-        return environ["wsgi.input"].read(length) if length > 0 else b""
-
-    def answer(expected: str, environ) -> dict:
-        check_secret(environ)
-        if expected != "snap_req":
-            return node.deliver(raft_message(expected, read_body(environ, MAX_BODY)))
-        # A snapshot is the raw pickledb file; its message travels in a header.
-        msg = raft_message(expected, environ.get(MESSAGE_ENVIRON, "").encode())
-        try:
-            state = orjson.loads(read_body(environ, MAX_SNAPSHOT_BODY))["state"]
-            if not isinstance(state, dict):
-                raise TypeError
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            raise BadRequest("snapshot body is not a valid snapshot")
-        return node.deliver(msg, snapshot_state=state)
-
-    def app(environ, start_response):
-        path = environ.get("PATH_INFO", "")
-        expected = RAFT_RPC.get(path)
-        posted = environ.get("REQUEST_METHOD") == "POST"
-        if expected is None or (not posted and path in client_paths):
-            return client_api(environ, start_response)
-        status, headers = 200, [("Content-Type", "application/json")]
-        try:
-            if not posted:
-                headers.append(("Allow", "POST"))
-                raise BadRequest(f"{path} accepts only POST", 405, "method_not_allowed")
-            body = orjson.dumps(answer(expected, environ))
-        except (BadRequest, ClientError) as exc:
-            status, body = exc.status, error_body(exc.code, exc.message)
-            headers.extend(error_headers(getattr(exc, "retry_after", None)).items())
-        except Exception:
-            log.exception("unhandled error in %s", environ.get("PATH_INFO"))
-            status = 500
-            body = error_body("internal_error", "the node hit an unexpected error")
-        headers.append(("Content-Length", str(len(body))))
-        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
-        return [body]
-
     return app

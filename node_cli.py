@@ -2,17 +2,25 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hmac
 import ipaddress
 import logging
+import math
 import os
 import signal
 import sys
+import unicodedata
+from urllib.parse import urlsplit
 
-from waitress import create_server
+from http_server import HTTPServer, Limits
 
 DEFAULT_PORTS = (4000, 4001, 4002)
-SERVER_THREADS = 48  # client requests block while their write commits; SSE streams hold one each
-CONNECTION_LIMIT = 500  # clients, peers' forwarding pools and SSE streams; waitress's default is 100
+LIMITS = Limits()
+SERVER_THREADS = LIMITS.client_threads
+CONNECTION_LIMIT = LIMITS.client_connections
+RAFT_MESSAGE_LIMIT = 8 * 1024 * 1024  # body cap of a node-to-node message other than a snapshot
+SNAPSHOT_PATH = "/raft/snapshot"
 
 
 def is_loopback(host: str) -> bool:
@@ -34,13 +42,14 @@ def parse_args(argv, default_port: int):
     p.add_argument("--heartbeat-interval", type=float, default=2.0, help="seconds between leader heartbeats (default 2)")
     p.add_argument("--election-timeout", type=float, default=5.0,
                    help="a node that hears no leader for a random time in [T, 2T) stands for election (default 5)")
-    p.add_argument("--cluster-secret", default=os.environ.get("PICKLEDB_CLUSTER_SECRET"),
-                   help="shared secret for node-to-node requests (default: $PICKLEDB_CLUSTER_SECRET)")
+    p.add_argument("--cluster-secret", default=os.environ.get("PICKLEDB_CLUSTER_SECRET") or None,
+                   help="shared secret for node-to-node requests (default: $PICKLEDB_CLUSTER_SECRET; "
+                        "an empty variable counts as unset)")
     args = p.parse_args(argv)
     if not 0 < args.port < 65536:
         p.error("--port must be between 1 and 65535")
-    if args.heartbeat_interval <= 0 or args.election_timeout <= 0:
-        p.error("--heartbeat-interval and --election-timeout must be positive")
+    if not all(math.isfinite(t) and t > 0 for t in (args.heartbeat_interval, args.election_timeout)):
+        p.error("--heartbeat-interval and --election-timeout must be positive numbers")
     if args.election_timeout < 2 * args.heartbeat_interval:
         p.error("--election-timeout must be at least twice --heartbeat-interval")
     if args.peers is None:
@@ -49,19 +58,89 @@ def parse_args(argv, default_port: int):
         args.peers = ",".join(f"http://{args.host}:{q}" for q in DEFAULT_PORTS if q != args.port)
     args.peer_list = [u.strip().rstrip("/") for u in args.peers.split(",") if u.strip()]
     for url in args.peer_list:
-        if not url.startswith("http://"):
-            p.error(f"peer URL {url!r} must look like http://HOST:PORT")
+        if not valid_peer_url(url):
+            p.error(f"peer URL {url!r} must look like http://HOST:PORT (port 1-65535, nothing after it)")
+    if len(set(args.peer_list)) != len(args.peer_list):
+        p.error("--peers lists a URL twice")
+    if f"http://{args.host}:{args.port}" in args.peer_list:
+        p.error(f"--peers must list the other nodes, not this one (http://{args.host}:{args.port})")
+    if args.cluster_secret is not None:
+        problem = secret_problem(args.cluster_secret)
+        if problem:
+            p.error(f"--cluster-secret (or $PICKLEDB_CLUSTER_SECRET) {problem}")
     if not is_loopback(args.host) and not args.cluster_secret:
         p.error("refusing to listen on a non-loopback address without --cluster-secret")
     return args
 
 
+def valid_peer_url(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        return False
+    # A node's identity is exactly http://HOST:PORT: anything after it would never match.
+    return (parts.scheme == "http" and bool(parts.hostname) and port is not None and 0 < port
+            and not (parts.path or parts.query or parts.fragment or parts.username or parts.password)
+            and "#" not in url and "?" not in url)  # an empty query or fragment too
+
+
+def secret_problem(secret: str) -> str | None:
+    """Why the secret cannot travel in an HTTP header, or None. It is sent as UTF-8; header
+    values cannot hold control characters, and parsers strip surrounding spaces."""
+    if not secret:
+        return "must not be empty"
+    if any(unicodedata.category(ch) == "Cc" for ch in secret):
+        return "must not contain control characters (CR, LF, tab, NUL and the like)"
+    if secret != secret.strip(" "):
+        return "must not start or end with a space"
+    try:
+        secret.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    return None
+
+
+def describe(exc: OSError) -> str:
+    text = exc.strerror or str(exc)
+    return f"{text}: {exc.filename}" if exc.filename else text
+
+
+def peer_auth(secret: str | None):
+    """Recognises a node-to-node request by its secret header, for the server's routing and body
+    caps (the app checks it again). The sender writes the secret as UTF-8 bytes; waitress hands
+    header values over decoded as latin-1, which gives those bytes back."""
+    if not secret:
+        return None
+    from cluster_manager import SECRET_HEADER
+    key, expected = SECRET_HEADER.upper().replace("-", "_"), secret.encode("utf-8")
+
+    def authentic(headers: dict) -> bool:
+        given = headers.get(key)
+        return given is not None and hmac.compare_digest(given.encode("latin-1"), expected)
+    return authentic
+
+
+def peer_routes() -> dict[str, int]:
+    """Body caps of the node-to-node paths; those requests run on the server's peer pool."""
+    from api_server import MAX_SNAPSHOT_BODY, RAFT_RPC  # becomes transport.RAFT_PATHS
+    return {path: MAX_SNAPSHOT_BODY if path == SNAPSHOT_PATH else RAFT_MESSAGE_LIMIT for path in RAFT_RPC}
+
+
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv=None, default_port: int = 4001, first_election_factor: float | None = None) -> int:
-    from api_server import create_app
+    from api_server import MAX_BODY, create_app
     from cluster_manager import Node, NodeConfig
     from storage import StorageError
 
     args = parse_args(sys.argv[1:] if argv is None else argv, default_port)
+    snapshot_every = os.environ.get("PICKLEDB_SNAPSHOT_EVERY", "10000")
+    if not (snapshot_every.isdigit() and int(snapshot_every) > 0):
+        return fail(f"PICKLEDB_SNAPSHOT_EVERY must be a positive integer, not {snapshot_every!r}")
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{args.port}] %(levelname)s %(name)s: %(message)s")
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     config = NodeConfig(
@@ -70,33 +149,32 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
         heartbeat_interval=args.heartbeat_interval, election_timeout=args.election_timeout,
         first_election_timeout=(args.election_timeout * first_election_factor if first_election_factor else None),
         cluster_secret=args.cluster_secret,
-        snapshot_every=int(os.environ.get("PICKLEDB_SNAPSHOT_EVERY", "10000")))
+        snapshot_every=int(snapshot_every))
     try:
         node = Node(config)
     except StorageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
+    except OSError as exc:  # read-only, not a directory, disk full...
+        return fail(f"cannot use data directory {config.data_dir}: {describe(exc)}")
     try:
-        server = create_server(create_app(node), host=args.host, port=args.port, threads=SERVER_THREADS,
-                               connection_limit=CONNECTION_LIMIT, channel_timeout=60, ident="pickledb-cluster")
-    except OSError as exc:
+        server = HTTPServer(create_app(node), args.host, args.port, peer_routes(),
+                            limits=dataclasses.replace(LIMITS, client_body=MAX_BODY),
+                            peer_auth=peer_auth(args.cluster_secret), on_stop=node.begin_shutdown)
+    except (OSError, ValueError) as exc:  # in use, not an address of this machine
         node.storage.close()
-        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        reason = describe(exc) if isinstance(exc, OSError) else str(exc)
+        return fail(f"cannot listen on {args.host}:{args.port}: {reason}")
 
     def shut_down(signum, frame):
-        raise KeyboardInterrupt
+        server.stop()
     signal.signal(signal.SIGTERM, shut_down)
+    signal.signal(signal.SIGINT, shut_down)
     node.start()
     logging.getLogger("pickledb_cluster.node").info(
         "node %s serving (peers: %s; data: %s)", config.url, ", ".join(config.peers) or "none", config.data_dir)
     try:
-        server.run()
-    except KeyboardInterrupt:
-        pass
+        server.serve_forever()
     finally:
-        node.begin_shutdown()
-        server.close()
         node.stop()
         logging.getLogger("pickledb_cluster.node").info("node %s stopped", config.url)
     return 0

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 FOLLOWER = "follower"
 CANDIDATE = "candidate"
@@ -36,7 +36,10 @@ SNAP_RESP = "snap_resp"
 REQUESTS = (VOTE_REQ, APPEND_REQ, SNAP_REQ)
 
 NOOP = {"op": "noop"}
-MAX_BATCH = 2048  # entries per AppendEntries message
+# An AppendEntries message carries at most MAX_BATCH entries and MAX_APPEND_BYTES of encoded
+# entries (etcd's MaxSizePerMsg), and always at least one entry, so an entry of any size gets through.
+MAX_BATCH = 2048
+MAX_APPEND_BYTES = 1024 * 1024
 SNAPSHOT_RETRY = 30.0  # an InstallSnapshot in flight is presumed lost only after this (the
                        # transport's timeout for it); the runtime reports a failed one at once
 
@@ -45,6 +48,26 @@ class NotLeader(Exception):
     def __init__(self, leader: str | None):
         super().__init__(f"not leader (leader is {leader})")
         self.leader = leader
+
+
+class RaftSafetyError(RuntimeError):
+    """A step would break a safety property of Raft; the runtime must stop rather than go on."""
+
+
+def _unsized(command: Any) -> int:
+    """Without a size function, entries of unknown size count nothing: only MAX_BATCH bounds a batch."""
+    return 0
+
+
+@dataclass(slots=True)
+class Progress:
+    """The leader's view of one follower (etcd's tracker.Progress)."""
+    next: int  # next index to send
+    match: int = 0  # highest index known to be replicated there
+    inflight_since: float | None = None  # when the one request in flight was sent
+    snapshot_inflight: bool = False  # that request is an InstallSnapshot
+    last_ack: float = 0.0  # when the follower last answered (check-quorum)
+    acked_seq: int = 0  # highest heartbeat sequence it acknowledged (read-index)
 
 
 @dataclass
@@ -68,8 +91,11 @@ class RaftCore:
                  term: int = 0, voted_for: str | None = None,
                  snap_index: int = 0, snap_term: int = 0,
                  entries: list[tuple[int, Any]] | None = None,
-                 first_election_timeout: float | None = None):
+                 first_election_timeout: float | None = None,
+                 entry_size: Callable[[Any], int] = _unsized):
         """`entries` are the durable log entries after the snapshot, as (term, command).
+        `entry_size(command)` is a command's encoded size, for batching AppendEntries by bytes;
+        it is asked only for entries whose size `propose` was not given (loaded or received).
 
         Elections start with a pre-vote (Raft thesis §9.6): a node whose election timer fires asks
         its peers whether they would vote for it, without raising its term; only when a majority
@@ -88,7 +114,9 @@ class RaftCore:
         self.leader_id: str | None = None
         self.snap_index = snap_index
         self.snap_term = snap_term
-        self.log: list[tuple[int, Any]] = list(entries or [])
+        self.entry_size = entry_size
+        # (term, command, encoded size or None while unknown)
+        self.log: list[tuple[int, Any, int | None]] = [(t, c, None) for t, c in entries or []]
         self.commit_index = snap_index
         self.applied_handed = snap_index  # last index handed out in ready.committed
         self.stable_index = self.last_index()  # everything passed in is durable
@@ -103,12 +131,7 @@ class RaftCore:
         self._rid = 0
 
         # Leader state.
-        self.next_index: dict[str, int] = {}
-        self.match_index: dict[str, int] = {}
-        self.inflight_since: dict[str, float | None] = {}
-        self.inflight_snapshot: dict[str, bool] = {}
-        self.last_ack: dict[str, float] = {}
-        self.acked_seq: dict[str, int] = {}
+        self.progress: dict[str, Progress] = {}
         self.seq = 0
         self.noop_index = 0
         self.leader_since = 0.0
@@ -138,7 +161,8 @@ class RaftCore:
         return self.log[index - self.snap_index - 1][0]
 
     def entry(self, index: int) -> tuple[int, Any]:
-        return self.log[index - self.snap_index - 1]
+        term, command, _ = self.log[index - self.snap_index - 1]
+        return term, command
 
     def quorum(self) -> int:
         return (len(self.peers) + 1) // 2 + 1
@@ -146,15 +170,17 @@ class RaftCore:
     def _random_timeout(self) -> float:
         return self.election_timeout * (1.0 + self.rng.random())
 
-    def _append(self, term: int, command: Any) -> int:
-        self.log.append((term, command))
+    def _append(self, term: int, command: Any, size: int | None = None) -> int:
+        self.log.append((term, command, size))
         index = self.last_index()
         if self._unstable_from is None or index < self._unstable_from:
             self._unstable_from = index
         return index
 
     def _truncate_from(self, index: int) -> None:
-        assert index > self.commit_index, "never truncate committed entries"
+        if index <= self.commit_index:
+            raise RaftSafetyError(f"truncating the log at {index} would drop committed entries "
+                                  f"(commit index {self.commit_index})")
         del self.log[index - self.snap_index - 1:]
         self.stable_index = min(self.stable_index, index - 1)
         if self._unstable_from is not None and self._unstable_from > index:
@@ -186,7 +212,8 @@ class RaftCore:
         for peer in self.peers:
             # Stands for the term we would run in; our own term is unchanged.
             self._send(peer, {"type": VOTE_REQ, "pre": True, "term": self.term + 1,
-                              "last_index": self.last_index(), "last_term": self.last_term()})
+                              "last_index": self.last_index(), "last_term": self.last_term(),
+                              "rid": self._next_rid()})
 
     def _on_prevote_req(self, msg: dict) -> None:
         up_to_date = (msg["last_term"], msg["last_index"]) >= (self.last_term(), self.last_index())
@@ -219,20 +246,13 @@ class RaftCore:
             return
         for peer in self.peers:
             self._send(peer, {"type": VOTE_REQ, "last_index": self.last_index(),
-                              "last_term": self.last_term()})
+                              "last_term": self.last_term(), "rid": self._next_rid()})
 
     def _become_leader(self) -> None:
         self.role = LEADER
         self.leader_id = self.id
         self.leader_since = self.now
-        last = self.last_index()
-        for peer in self.peers:
-            self.next_index[peer] = last + 1
-            self.match_index[peer] = 0
-            self.inflight_since[peer] = None
-            self.inflight_snapshot[peer] = False
-            self.last_ack[peer] = self.now
-            self.acked_seq[peer] = 0
+        self.progress = {peer: Progress(next=self.last_index() + 1, last_ack=self.now) for peer in self.peers}
         self.seq = 0
         self.pending_reads = []
         # A no-op of the new term lets the leader commit earlier-term entries and serve reads.
@@ -246,16 +266,15 @@ class RaftCore:
         if self.role == LEADER:
             # Check quorum: a leader cut off from a majority steps down rather than linger.
             if now - self.leader_since >= self.election_timeout:
-                recent = 1 + sum(1 for p in self.peers if now - self.last_ack[p] < self.election_timeout)
+                recent = 1 + sum(1 for pr in self.progress.values() if now - pr.last_ack < self.election_timeout)
                 if recent < self.quorum():
                     self._become_follower(self.term, None)
                     return
             retry_after = max(2 * self.heartbeat_interval, self.election_timeout / 2)
-            for peer in self.peers:
-                since = self.inflight_since[peer]
-                limit = SNAPSHOT_RETRY if self.inflight_snapshot[peer] else retry_after
-                if since is not None and now - since >= limit:
-                    self.inflight_since[peer] = None  # presumed lost; send again
+            for pr in self.progress.values():
+                limit = SNAPSHOT_RETRY if pr.snapshot_inflight else retry_after
+                if pr.inflight_since is not None and now - pr.inflight_since >= limit:
+                    pr.inflight_since = None  # presumed lost; send again
             if now >= self.next_heartbeat:
                 self.next_heartbeat = now + self.heartbeat_interval
                 self._broadcast(heartbeat=True)
@@ -265,11 +284,12 @@ class RaftCore:
             else:
                 self._start_election()
 
-    def propose(self, command: Any) -> tuple[int, int]:
-        """Append a command to the leader's log; returns (index, term). Raises NotLeader."""
+    def propose(self, command: Any, size: int | None = None) -> tuple[int, int]:
+        """Append a command (of encoded `size`, when known) to the leader's log; returns
+        (index, term). Raises NotLeader."""
         if self.role != LEADER:
             raise NotLeader(self.leader_id)
-        index = self._append(self.term, command)
+        index = self._append(self.term, command, size)
         return index, self.term  # sent by the next ready(), batched with its neighbours
 
     def read_index(self, read_id: Any) -> None:
@@ -312,15 +332,17 @@ class RaftCore:
 
     def snapshot_failed(self, peer: str) -> None:
         """The runtime could not deliver an InstallSnapshot to `peer`: send it again soon."""
-        if self.role == LEADER and self.inflight_snapshot.get(peer):
-            self.inflight_since[peer] = None
-            self.inflight_snapshot[peer] = False
+        pr = self.progress.get(peer)
+        if self.role == LEADER and pr is not None and pr.snapshot_inflight:
+            pr.inflight_since = None
+            pr.snapshot_inflight = False
 
     def compact(self, index: int, term: int) -> None:
         """The runtime durably stored a snapshot covering the log up to `index`."""
         if index <= self.snap_index or index > self.applied_handed:
             return
-        assert self.term_at(index) == term, "snapshot term must match the log"
+        if self.term_at(index) != term:
+            raise RaftSafetyError(f"snapshot at {index} has term {term}, the log has {self.term_at(index)}")
         del self.log[:index - self.snap_index]
         self.snap_index, self.snap_term = index, term
 
@@ -332,13 +354,17 @@ class RaftCore:
         if self._snapshot_in is not None:
             rd.snapshot = self._snapshot_in
         if self._unstable_from is not None:
-            rd.entries = [(i, *self.entry(i)) for i in range(self._unstable_from, self.last_index() + 1)]
+            first = self._unstable_from
+            rd.entries = [(i, term, command) for i, (term, command, _) in
+                          enumerate(self.log[first - self.snap_index - 1:], first)]
         if self.role == LEADER:
             self._broadcast(heartbeat=False)
         rd.messages, self._out = self._out, []
         upto = min(self.commit_index, self.stable_index)
         if upto > self.applied_handed:
-            rd.committed = [(i, *self.entry(i)) for i in range(self.applied_handed + 1, upto + 1)]
+            first = self.applied_handed + 1
+            rd.committed = [(i, term, command) for i, (term, command, _) in
+                            enumerate(self.log[first - self.snap_index - 1:upto - self.snap_index], first)]
         rd.reads, self._reads_done = self._reads_done, []
         rd.failed_reads, self._reads_failed = self._reads_failed, []
         return rd
@@ -367,6 +393,10 @@ class RaftCore:
         msg["to"] = to
         msg.setdefault("term", self.term)  # only pre-votes carry another (the prospective) term
         self._out.append(msg)
+
+    def _next_rid(self) -> int:
+        self._rid += 1
+        return self._rid
 
     def _reply(self, req: dict, msg: dict) -> None:
         msg["rid"] = req.get("rid")
@@ -442,18 +472,20 @@ class RaftCore:
         if self.role != LEADER or msg["term"] != self.term:
             return
         peer = msg["from"]
-        self.inflight_since[peer] = None
-        self.inflight_snapshot[peer] = False
-        self.last_ack[peer] = self.now
-        self.acked_seq[peer] = max(self.acked_seq[peer], msg.get("seq", 0))
+        pr = self.progress[peer]
+        pr.inflight_since = None
+        pr.snapshot_inflight = False
+        pr.last_ack = self.now
+        pr.acked_seq = max(pr.acked_seq, msg.get("seq", 0))
         if msg["success"]:
-            if msg["match"] > self.match_index[peer]:
-                self.match_index[peer] = msg["match"]
-            self.next_index[peer] = max(self.next_index[peer], self.match_index[peer] + 1)
+            # A follower cannot match past our log: a larger claim is a faulty peer's, not believed.
+            match = min(msg["match"], self.last_index())
+            if match > pr.match:
+                pr.match = match
+            pr.next = max(pr.next, pr.match + 1)
             self._maybe_commit()
         else:
-            self.next_index[peer] = max(self.match_index[peer] + 1,
-                                        min(self.next_index[peer] - 1, msg["hint"] or self.next_index[peer] - 1))
+            pr.next = max(pr.match + 1, min(pr.next - 1, msg["hint"] or pr.next - 1))
         self._release_reads()
         self._send_append(peer, heartbeat=False)
 
@@ -491,30 +523,45 @@ class RaftCore:
     def _send_append(self, peer: str, heartbeat: bool) -> None:
         """Send the peer what it lacks. One request in flight per peer: entries proposed
         meanwhile ride on the next request (batching)."""
-        if self.role != LEADER or self.inflight_since[peer] is not None:
+        if self.role != LEADER:
             return
-        nxt = self.next_index[peer]
-        needs_read_ack = any(req > self.acked_seq[peer] for _, req, _ in self.pending_reads)
+        pr = self.progress[peer]
+        if pr.inflight_since is not None:
+            return
+        nxt = pr.next
+        needs_read_ack = any(req > pr.acked_seq for _, req, _ in self.pending_reads)
         if nxt > self.last_index() and not heartbeat and not needs_read_ack:
             return
-        self.inflight_since[peer] = self.now
-        self._rid += 1
-        self.inflight_snapshot[peer] = nxt <= self.snap_index
+        pr.inflight_since = self.now
+        pr.snapshot_inflight = nxt <= self.snap_index
         if nxt <= self.snap_index:
             self._send(peer, {"type": SNAP_REQ, "last_index": self.snap_index,
-                              "last_term": self.snap_term, "seq": self.seq, "rid": self._rid})
+                              "last_term": self.snap_term, "seq": self.seq, "rid": self._next_rid()})
             return
         prev = nxt - 1
-        upto = min(self.last_index(), prev + MAX_BATCH)
-        entries = [list(self.entry(i)) for i in range(nxt, upto + 1)]
         self._send(peer, {"type": APPEND_REQ, "prev_index": prev, "prev_term": self.term_at(prev),
-                          "entries": entries, "commit": self.commit_index, "seq": self.seq,
-                          "rid": self._rid})
+                          "entries": self._batch(nxt), "commit": self.commit_index, "seq": self.seq,
+                          "rid": self._next_rid()})
+
+    def _batch(self, first: int) -> list[list]:
+        """Entries from `first` on, as [term, command], within MAX_BATCH and MAX_APPEND_BYTES."""
+        entries, room = [], MAX_APPEND_BYTES
+        offset = self.snap_index + 1
+        for k in range(first - offset, min(len(self.log), first - offset + MAX_BATCH)):
+            term, command, size = self.log[k]
+            if size is None:
+                size = self.entry_size(command)
+                self.log[k] = (term, command, size)
+            if size > room and entries:
+                break
+            entries.append([term, command])
+            room -= size
+        return entries
 
     def _maybe_commit(self) -> None:
         if self.role != LEADER:
             return
-        matches = sorted([self.stable_index] + [self.match_index[p] for p in self.peers], reverse=True)
+        matches = sorted([self.stable_index] + [pr.match for pr in self.progress.values()], reverse=True)
         candidate = matches[self.quorum() - 1]
         # Only entries of the current term are committed by counting replicas (Raft §5.4.2).
         if candidate > self.commit_index and self.term_at(candidate) == self.term:
@@ -526,7 +573,7 @@ class RaftCore:
             return
         still = []
         for read_id, required, index in self.pending_reads:
-            acks = 1 + sum(1 for p in self.peers if self.acked_seq[p] >= required)
+            acks = 1 + sum(1 for pr in self.progress.values() if pr.acked_seq >= required)
             if acks >= self.quorum():
                 self._reads_done.append((read_id, max(index, self.noop_index)))
             else:

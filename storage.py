@@ -144,6 +144,13 @@ class FileSystem:
     def remove(self, path: str) -> None:
         os.remove(path)
 
+    def sync_file(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def sync_dir(self, path: str) -> None:
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -263,10 +270,14 @@ def decode_snapshot(data: bytes) -> tuple[dict, dict]:
     return _check_snapshot(document)
 
 
+def _has_checksum(data: bytes) -> bool:
+    return data.endswith(b'"}') and _SUM_KEY in data[-_TRAILER_SIZE:]
+
+
 def _decode_local_snapshot(data: bytes) -> tuple[dict, dict]:
     """decode_snapshot, also accepting the unchecksummed files of earlier versions (exactly the keys
     meta and state: a damaged checksummed file never parses as one)."""
-    if data.endswith(b'"}') and _SUM_KEY in data[-_TRAILER_SIZE:]:
+    if _has_checksum(data):
         return decode_snapshot(data)
     try:
         document = orjson.loads(data)
@@ -311,6 +322,11 @@ class Storage:
         Verifies everything before changing anything; on any doubt raises StorageError (and
         releases the directory) instead of starting from a log that may lack durable entries."""
         try:
+            # A crashed process's unsynced writes (and directory entries) are still in the page
+            # cache, and recovery reads them: make them durable before anything relies on them,
+            # or a later power loss takes back entries this node has since acknowledged.
+            for path in (os.path.dirname(os.path.abspath(self.dir)), self.dir, self.wal_dir, self.snap_dir):
+                self.fs.sync_dir(path)
             state, entries, tail = self._recover()
             self._finish_recovery(tail)
         except OSError as exc:
@@ -323,12 +339,14 @@ class Storage:
 
     def _recover(self):
         """Read and check the newest snapshot and the log; returns (state, entries, tail) where
-        tail is (seq, end of the good records, size) of the last segment, or None. Writes nothing."""
+        tail is (seq, end of the good records, size) of the last segment, or None. Changes nothing
+        (it only fsyncs what it reads)."""
         snap_indexes = self._snapshots()
         state = None
         if snap_indexes:
             path = self._snap_path(snap_indexes[0])
             try:
+                self.fs.sync_file(path)
                 meta, state = _decode_local_snapshot(self.fs.read(path))
             except StorageError as exc:
                 raise StorageError(f"snapshot {path} is corrupt ({exc}); refusing to start: "
@@ -338,6 +356,11 @@ class Storage:
             self.snapshot_meta = meta
         snap_index, floor = self.snapshot_meta["index"], self.snapshot_meta["wal_floor"]
         segments = [s for s in self._segments() if s >= floor]
+        if state is not None and not segments:
+            # Compaction keeps the current segment and an install creates the floor segment
+            # before the snapshot names it: without one, the term and vote are gone.
+            raise StorageError(f"snapshot {self._snap_path(snap_indexes[0])} has no WAL segment from "
+                               f"{self._segment_path(floor)} on (the term and vote are lost); refusing to start")
         if segments and state is None and segments[0] != 0:
             raise StorageError(f"WAL in {self.wal_dir} starts at segment {segments[0]} (older ones were "
                                "compacted into a snapshot) but there is no snapshot; refusing to start")
@@ -351,6 +374,7 @@ class Storage:
         tail = None
         for n, seq in enumerate(segments):
             path = self._segment_path(seq)
+            self.fs.sync_file(path)
             data = self.fs.read(path)
             pos, highest = 0, 0
             while pos < len(data):
@@ -514,6 +538,9 @@ class Storage:
                 if seq == self._segment_seq or self._segment_max[seq] > index:
                     break
                 self.fs.remove(self._segment_path(seq))
+                # One at a time and durably: POSIX does not order unsynced directory changes,
+                # and a later segment gone while an earlier one came back would read as damage.
+                self.fs.sync_dir(self.wal_dir)
                 del self._segment_max[seq]
         except OSError as exc:
             raise StorageError(f"cannot remove a compacted WAL segment: {describe(exc)}") from None
@@ -533,6 +560,9 @@ class Storage:
         Raises StorageError if the disk refuses; a failed write leaves no temp file."""
         with self._snap_lock:
             if index <= self.snapshot_meta["index"]:
+                if installed:  # the core dropped its log for it: the WAL must not outlive that
+                    raise StorageError(f"installed snapshot at {index} is not newer than the one at "
+                                       f"{self.snapshot_meta['index']}")
                 return
             floor = self.snapshot_meta["wal_floor"]
             if installed:
@@ -569,9 +599,16 @@ class Storage:
         """The newest durable snapshot's meta and raw file, for sending to a lagging follower."""
         with self._snap_lock:
             meta = dict(self.snapshot_meta)
-            return meta, self.fs.read(self._snap_path(meta["index"]))
+            data = self.fs.read(self._snap_path(meta["index"]))
+        if not _has_checksum(data):  # written by an earlier version: receivers require one
+            data = encode_snapshot(*_decode_local_snapshot(data))
+        return meta, data
 
     def close(self) -> None:
+        with self._snap_lock:  # a background snapshot finishes before another process may lock
+            self._close()
+
+    def _close(self) -> None:
         if self._segment is not None:
             self._segment.close()
             self._segment = None

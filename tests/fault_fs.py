@@ -109,9 +109,12 @@ class FaultFS:
             self._lose_power(self.root, rng, set())
 
     def _lose_power(self, d: _Dir, rng: random.Random, seen: set[int]) -> None:
-        kept = rng.randint(0, len(d.changes)) if d.changes else 0
+        # POSIX promises no order among unsynced directory changes: any subset survives (each
+        # change, such as a rename within the directory, is atomic; per name the last kept wins).
         entries = dict(d.durable)
-        for change in d.changes[:kept]:
+        for change in d.changes:
+            if rng.random() < 0.5:
+                continue
             for name, node in change.items():
                 if node is None:
                     entries.pop(name, None)
@@ -135,11 +138,14 @@ class FaultFS:
         limit = min(len(f.data), len(f.durable))
         while common < limit and f.data[common] == f.durable[common]:
             common += 1
-        fate = rng.randrange(3)
+        fate = rng.randrange(4)
         if fate == 0 or (common < len(f.durable) and rng.random() < 0.5):
             return f.durable  # lost (an unsynced truncate or rewrite is undone whole, or not)
         if fate == 1 and len(f.data) > common:
             return f.data[:rng.randint(common, len(f.data) - 1)]  # torn
+        if fate == 2 and len(f.data) > len(f.durable) and f.data.startswith(f.durable):
+            # The new size reached the disk, the data did not (ext4 data=writeback, XFS).
+            return f.durable + bytes(rng.randint(1, len(f.data) - len(f.durable)))
         return f.data  # kept whole
 
     def clone(self) -> "FaultFS":
@@ -324,6 +330,12 @@ class FaultFS:
             raise IsADirectoryError(errno.EISDIR, "is a directory", path)
         self._op(f"remove {path}", halfway=False)
         self._change(parent, {name: None})
+
+    def sync_file(self, path: str) -> None:
+        self._alive()
+        node = self._file(path)
+        self._op(f"fsync {path}", halfway=False)
+        node.durable = node.data
 
     def sync_dir(self, path: str) -> None:
         self._alive()

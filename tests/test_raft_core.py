@@ -1,9 +1,12 @@
 """Focused scenarios for the pure core, each pinned to one rule of the Raft paper."""
+import ast
+import pathlib
 import random
 
 import pytest
 
-from raft_core import APPEND_REQ, APPEND_RESP, LEADER, SNAP_REQ, VOTE_REQ, NotLeader, RaftCore
+from raft_core import (APPEND_REQ, APPEND_RESP, LEADER, MAX_APPEND_BYTES, SNAP_REQ, VOTE_REQ,
+                       NotLeader, RaftCore, RaftSafetyError)
 
 PEERS = ["a", "b", "c"]
 
@@ -136,7 +139,7 @@ def test_conflicting_suffix_is_truncated_but_never_committed_entries():
     c = core("b", entries=[(1, "e1"), (1, "e2"), (1, "e3")], term=1)
     c.step(append(2, "a", 1, 1, [[2, {"op": "new"}]], commit=1))
     rd = persist(c)
-    assert [t for t, _ in c.log] == [1, 2] and rd.entries == [(2, 2, {"op": "new"})]
+    assert [t for t, *_ in c.log] == [1, 2] and rd.entries == [(2, 2, {"op": "new"})]
     assert rd.messages[-1]["success"] and rd.messages[-1]["match"] == 2
 
 
@@ -244,3 +247,81 @@ def test_a_snapshot_in_flight_is_resent_only_when_reported_lost():
     c.snapshot_failed("c")
     c.tick(8.0)
     assert [m["type"] for m in persist(c).messages if m["to"] == "c"] == [SNAP_REQ]
+
+
+def test_append_entries_are_batched_by_bytes_and_always_carry_one_entry():
+    """Like etcd's MaxSizePerMsg: at most MAX_APPEND_BYTES of entries per message, but never an
+    empty one, so an entry larger than the budget still goes (alone). Sizes come with proposals;
+    the others (loaded from disk, the leader's no-op) are asked of entry_size, once."""
+    asked = []
+
+    def entry_size(cmd):
+        asked.append(cmd["op"])
+        return {"loaded": 300_000, "noop": 10}[cmd["op"]]
+    c = core("a", term=1, entries=[(1, {"op": "loaded"})], entry_size=entry_size)
+    elect(c, ["b"])  # its no-op is entry 2
+    for i in range(4):
+        c.propose({"op": f"w{i}"}, size=400_000)
+    c.propose({"op": "huge"}, size=MAX_APPEND_BYTES + 1)
+    c.propose({"op": "after"}, size=10)
+    persist(c)
+    # c knows nothing yet: it refuses, hinting at index 1, and acknowledges every batch.
+    c.step({"type": APPEND_RESP, "from": "c", "to": "a", "term": c.term, "success": False,
+            "match": 0, "hint": 1, "seq": 0, "rid": 1})
+    batches = []
+    while sent := [m for m in persist(c).messages if m["to"] == "c" and m["entries"]]:
+        msg = sent[-1]
+        batches.append([cmd["op"] for _, cmd in msg["entries"]])
+        c.step({"type": APPEND_RESP, "from": "c", "to": "a", "term": c.term, "success": True,
+                "match": msg["prev_index"] + len(msg["entries"]), "hint": 0, "seq": 0, "rid": msg["rid"]})
+    assert batches == [["loaded", "noop", "w0"], ["w1", "w2"], ["w3"], ["huge"], ["after"]]
+    assert sorted(asked) == ["loaded", "noop"]
+
+
+def test_vote_requests_carry_request_ids_that_replies_echo():
+    c = core("a", term=1)
+    c.tick(5.0)
+    asks = [m for m in persist(c).messages if m["type"] == VOTE_REQ]
+    assert all(m["pre"] and isinstance(m["rid"], int) for m in asks)
+    assert len({m["rid"] for m in asks}) == len(asks) == 2
+    c.step({"type": "vote_resp", "from": "b", "to": "a", "term": 2, "granted": True, "pre": True,
+            "rid": asks[0]["rid"]})
+    votes = [m for m in persist(c).messages if m["type"] == VOTE_REQ]
+    assert not any(m.get("pre") for m in votes) and all(isinstance(m["rid"], int) for m in votes)
+    assert not {m["rid"] for m in votes} & {m["rid"] for m in asks}
+    voter = core("b", term=1)
+    voter.step(votes[0] | {"to": "b"})
+    reply = persist(voter).messages[-1]
+    assert reply["type"] == "vote_resp" and reply["granted"] and reply["rid"] == votes[0]["rid"]
+
+
+def test_a_faulty_reply_claiming_more_than_the_leader_has_is_not_believed():
+    c = core("a")
+    elect(c, ["b"])
+    c.step({"type": APPEND_RESP, "from": "c", "to": "a", "term": c.term, "success": True,
+            "match": 10**9, "hint": 0, "seq": 0, "rid": 5})
+    assert c.progress["c"].match == c.last_index() and c.progress["c"].next == c.last_index() + 1
+    c.tick(5.3)  # the next heartbeat to c is well-formed
+    beat = [m for m in persist(c).messages if m["to"] == "c"][-1]
+    assert beat["prev_index"] == c.last_index() and beat["prev_term"] == c.term
+
+
+def test_safety_checks_raise_even_under_python_O():
+    """Safety checks are explicit exceptions, not asserts (which `python -O` removes)."""
+    c = core("b", term=1, entries=[(1, "x"), (1, "y")])
+    c.step(append(1, "a", 2, 1, [], commit=2))
+    persist(c)
+    assert c.commit_index == 2
+    with pytest.raises(RaftSafetyError):  # a leader that would overwrite committed entries
+        c.step(append(2, "c", 0, 0, [[2, {"op": "z"}]], commit=0))
+    c.applied_handed = 2
+    with pytest.raises(RaftSafetyError):
+        c.compact(2, 5)  # the snapshot's term contradicts the log
+
+
+def test_production_modules_contain_no_assert():
+    root = pathlib.Path(__file__).resolve().parent.parent
+    for name in ("raft_core.py", "cluster_manager.py", "transport.py"):
+        tree = ast.parse((root / name).read_text())
+        asserts = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Assert)]
+        assert not asserts, f"{name} uses assert at lines {asserts}"

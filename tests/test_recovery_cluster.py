@@ -136,3 +136,36 @@ def test_a_deleted_snapshot_over_a_compacted_log_refuses_to_start(tmp_path):
         c.wait_converged()
         for n in c.nodes:
             assert acked <= titles(n), n.url
+
+
+def test_a_disk_that_fills_up_under_a_running_node_stops_it_with_one_error_line(tmp_path):
+    """After a failed WAL write or fsync the log can no longer be trusted to be durable: the node
+    exits (it never acknowledges the write) and says why in one line, without a traceback."""
+    import subprocess
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    try:
+        cluster = Cluster(tmp_path / "cluster", n=1)
+        node = cluster.node(0)
+        node.data_dir = str(disk / "node")
+        with cluster:
+            cluster.wait_for_leader()
+            acknowledged = 0
+            for i in range(40):  # 1 MiB holds fewer than 10 of these
+                try:
+                    r = requests.post(node.url + "/set", json={"key": f"k{i}", "value": "x" * 100_000},
+                                      timeout=10)
+                except requests.ConnectionError:
+                    break
+                if r.status_code != 200:
+                    break
+                acknowledged += 1
+            wait_for(lambda: not node.alive, 10, "the node to stop")
+            assert node.proc.returncode == 70 and 0 < acknowledged <= 10
+            log = open(node.log_path, encoding="utf-8", errors="replace").read()
+            assert "Traceback" not in log, log
+            assert [line for line in log.splitlines() if line.startswith("error:")] == [
+                line for line in log.splitlines() if line.startswith("error: storage failed")] != [], log
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)

@@ -1,12 +1,16 @@
-"""The node-to-node HTTP connection (cluster_manager.PeerConnection) against real loopback
-servers: waitress, as the nodes run it, and raw socket servers that misbehave on purpose."""
+"""The node-to-node transport: its HTTP connection (transport.PeerConnection) against real
+loopback servers (waitress, as the nodes run it, and raw socket servers that misbehave on
+purpose), its message codec, and its rate-limited log."""
+import logging
 import socket
 import threading
+import time
 
+import orjson
 import pytest
 from waitress import create_server
 
-from cluster_manager import PeerConnection
+from transport import LOG_EVERY, MAX_PEER_MESSAGE, Codec, LimitedLog, PeerConnection, RequestRefused
 
 
 def raw_server(responses):
@@ -128,3 +132,136 @@ def test_a_silent_peer_times_out():
         assert conn.sock is None
     finally:
         srv.close()
+
+
+def trickling_server(prefix: bytes, byte: bytes, interval: float, seconds: float):
+    """Answers one request with `prefix`, then one `byte` every `interval` for `seconds`."""
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def run():
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(prefix)
+            deadline = time.monotonic() + seconds
+            try:
+                while time.monotonic() < deadline:
+                    conn.sendall(byte)
+                    time.sleep(interval)
+            except OSError:
+                pass  # the client gave up
+    threading.Thread(target=run, daemon=True).start()
+    return srv
+
+
+def test_the_timeout_is_a_deadline_for_the_whole_call():
+    """A peer that keeps a response alive byte by byte cannot hold the sender past its timeout."""
+    srv = trickling_server(b"HTTP/1.1 200 OK\r\n", b"X", 0.05, 4)
+    conn = PeerConnection(f"http://127.0.0.1:{srv.getsockname()[1]}")
+    try:
+        start = time.monotonic()
+        with pytest.raises(socket.timeout):
+            conn.post("/a", b"{}", {}, 1, 0.5)
+        assert time.monotonic() - start < 1.5 and conn.sock is None
+    finally:
+        srv.close()
+
+
+def test_a_body_without_length_is_read_only_up_to_the_cap():
+    srv = trickling_server(b"HTTP/1.1 200 OK\r\n\r\n", b"y" * 65536, 0.001, 4)
+    conn = PeerConnection(f"http://127.0.0.1:{srv.getsockname()[1]}")
+    try:
+        with pytest.raises(ValueError, match="over the cap"):
+            conn.post("/a", b"{}", {}, 1, 3)
+        assert conn.sock is None
+    finally:
+        srv.close()
+
+
+def test_a_declared_length_over_the_cap_is_refused_before_reading():
+    srv, _ = raw_server([b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_PEER_MESSAGE + 1)])
+    conn = PeerConnection(f"http://127.0.0.1:{srv.getsockname()[1]}")
+    try:
+        with pytest.raises(ValueError, match="over the cap"):
+            conn.post("/a", b"{}", {}, 1, 2)
+    finally:
+        srv.close()
+
+
+# ------------------------------------------------------------------ codec
+ME, PEER = "http://127.0.0.1:1", "http://127.0.0.1:2"
+CODEC = Codec(ME, [PEER])
+APPEND = {"type": "append_req", "from": PEER, "to": ME, "term": 3, "prev_index": 4, "prev_term": 2,
+          "entries": [[3, {"op": "noop"}]], "commit": 4, "seq": 7, "rid": 9}
+
+
+def refused(mtype, msg):
+    with pytest.raises(RequestRefused) as info:
+        CODEC.decode_request(mtype, orjson.dumps(msg) if not isinstance(msg, bytes) else msg)
+    assert info.value.status == 400
+    return info.value.message
+
+
+def test_the_codec_accepts_well_formed_requests():
+    assert CODEC.decode_request("append_req", orjson.dumps(APPEND)) == APPEND
+    vote = {"type": "vote_req", "from": PEER, "to": ME, "term": 4, "last_index": 0, "last_term": 0,
+            "rid": 1, "pre": True}
+    assert CODEC.decode_request("vote_req", orjson.dumps(vote)) == vote
+
+
+@pytest.mark.parametrize("change", [
+    {"term": True}, {"term": -1}, {"term": 1.0}, {"term": "1"}, {"rid": None}, {"commit": None},
+    {"entries": {}}, {"entries": [[1]]}, {"entries": [["1", {}]]}, {"entries": [[1, []]]},
+    {"entries": [[-1, {}]]}, {"from": "http://127.0.0.1:3"}, {"from": []}, {"from": {}}, {"to": PEER},
+    {"to": None}, {"type": "vote_req"}, {"type": []},
+    {"pre": 1},
+])
+def test_the_codec_refuses_malformed_requests(change):
+    assert "malformed" in refused("append_req", {**APPEND, **change})
+
+
+@pytest.mark.parametrize("raw", [b"[]", b"null", b"1", b"garbage", b'"append_req"'])
+def test_the_codec_refuses_requests_that_are_not_objects(raw):
+    refused("append_req", raw)
+
+
+REPLY = {"type": "append_resp", "from": PEER, "to": ME, "term": 3, "success": True, "match": 5,
+         "hint": 0, "seq": 7, "rid": 9}
+
+
+@pytest.mark.parametrize("raw", [
+    b"[]", b"null", b"garbage", b"{}",
+    orjson.dumps({**REPLY, "rid": 8}),  # the reply to another request
+    orjson.dumps({**REPLY, "success": 1}),
+    orjson.dumps({**REPLY, "match": None}),
+    orjson.dumps({**REPLY, "from": "http://127.0.0.1:3"}),
+    orjson.dumps({**REPLY, "type": "vote_resp"}),
+    orjson.dumps({**REPLY, "pre": True}),
+])
+def test_the_codec_refuses_replies_that_do_not_answer_the_request(raw):
+    with pytest.raises(ValueError):
+        CODEC.decode_reply(dict(APPEND, **{"from": ME, "to": PEER}), raw)
+
+
+def test_the_codec_pairs_a_reply_with_its_request():
+    request = dict(APPEND, **{"from": ME, "to": PEER})
+    assert CODEC.decode_reply(request, orjson.dumps(REPLY)) == REPLY
+    pre_vote = {"type": "vote_req", "from": ME, "to": PEER, "term": 4, "last_index": 0,
+                "last_term": 0, "rid": 2, "pre": True}
+    answer = {"type": "vote_resp", "from": PEER, "to": ME, "term": 4, "granted": True, "rid": 2, "pre": True}
+    assert CODEC.decode_reply(pre_vote, orjson.dumps(answer)) == answer
+    with pytest.raises(ValueError):  # a vote is not a pre-vote
+        CODEC.decode_reply(pre_vote, orjson.dumps({**answer, "pre": False}))
+
+
+def test_limited_log_holds_back_repeats_and_says_how_many(caplog):
+    limited = LimitedLog(logging.getLogger("test.limited"))
+    with caplog.at_level(logging.WARNING, logger="test.limited"):
+        for i in range(50):
+            limited.warning("peer-a", "cannot reach %s", "a")
+        limited.warning("peer-b", "cannot reach %s", "b")
+    assert [r.getMessage() for r in caplog.records] == ["cannot reach a", "cannot reach b"]
+    limited.last["peer-a"] -= LOG_EVERY  # as if LOG_EVERY seconds had passed
+    with caplog.at_level(logging.WARNING, logger="test.limited"):
+        limited.warning("peer-a", "cannot reach %s", "a")
+    assert caplog.records[-1].getMessage().startswith("cannot reach a (49 more like this")
