@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -92,6 +93,7 @@ class RunResult:
     checks: list = field(default_factory=list)
     problems: list = field(default_factory=list)     # run-level failures (no recovery...)
     summary: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)        # facts worth printing (not failures)
     nemesis_log: list = field(default_factory=list)
     workdir: Optional[Path] = None
     elapsed: float = 0.0
@@ -245,6 +247,18 @@ def check_all(ops: list, final_jobs: Optional[dict], final_tasks: Optional[list]
     if claims is not None:
         checks.append(check_one_leader_per_term(claims))
     return checks
+
+
+def large_writes(ops) -> dict:
+    """{size in characters: acknowledged writes} of the values ``shrink`` stood in for."""
+    sizes: dict = {}
+    for op in ops:
+        if op.is_write and op.outcome == OK:
+            value = op.value.get("description") if isinstance(op.value, dict) else op.value
+            m = re.fullmatch(r"<(\d+) chars sha256:[0-9a-f]+>", value if isinstance(value, str) else "")
+            if m:
+                sizes[int(m.group(1))] = sizes.get(int(m.group(1)), 0) + 1
+    return sizes
 
 
 def run_checks(exits: Optional[ExitWatch], nem: Optional[Nemesis],
@@ -422,6 +436,13 @@ def run_one(cfg: RunConfig, out=None) -> RunResult:
     writes_ok = sum(1 for o in ops if o.is_write and o.outcome == OK and o.process >= 0)
     if ops and writes_ok == 0:
         result.problems.append("NO PROGRESS: not a single client write was acknowledged")
+    if "large" in sched.traffic and ops:
+        sizes = large_writes(ops)
+        result.notes.append("large writes acknowledged, by size: "
+                            + (", ".join(f"{n} x {k:,}" for k, n in sorted(sizes.items()))
+                               or "none"))
+        if not sizes:
+            result.problems.append("NO LARGE WRITE: not a single large entry was acknowledged")
     if hostile is not None and hostile.error:
         result.problems.append("HOSTILE TRAFFIC ERROR: " + hostile.error)
     result.checks = check_all(ops, final_jobs, final_tasks, snapshots, leader_url, claims)
@@ -435,7 +456,8 @@ def run_one(cfg: RunConfig, out=None) -> RunResult:
     print(f"[nemesis] {status} {cfg.label()} in {result.elapsed:.1f}s: "
           f"{result.summary['total'][OK]} ok / {result.summary['total'][FAIL]} fail / "
           f"{result.summary['total'][UNKNOWN]} unknown ops, "
-          f"{len(result.nemesis_log)} nemesis actions", file=out, flush=True)
+          f"{len(result.nemesis_log)} nemesis actions"
+          + "".join(f"; {n}" for n in result.notes), file=out, flush=True)
     if not result.ok:
         print(result.report, file=out, flush=True)
     return result
@@ -449,6 +471,7 @@ def format_report(r: RunResult, cluster: Optional[NemesisCluster]) -> str:
              "", r.schedule.format(), "", "nemesis actions:"]
     lines += ["  " + x for x in r.nemesis_log] or ["  (none)"]
     lines += ["", "operations:", format_summary(r.summary) if r.summary else "  (none)", ""]
+    lines += r.notes
     for p in r.problems:
         lines.append("PROBLEM: " + p)
     for c in r.checks:
