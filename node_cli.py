@@ -19,7 +19,6 @@ DEFAULT_PORTS = (4000, 4001, 4002)
 LIMITS = Limits()
 SERVER_THREADS = LIMITS.client_threads
 CONNECTION_LIMIT = LIMITS.client_connections
-RAFT_MESSAGE_LIMIT = 8 * 1024 * 1024  # body cap of a node-to-node message other than a snapshot
 SNAPSHOT_PATH = "/raft/snapshot"
 
 
@@ -108,12 +107,11 @@ def describe(exc: OSError) -> str:
 
 def peer_auth(secret: str | None):
     """Recognises a node-to-node request by its secret header, for the server's routing and body
-    caps (the app checks it again). The sender writes the secret as UTF-8 bytes; waitress hands
-    header values over decoded as latin-1, which gives those bytes back."""
+    caps (the RPC layer checks it again)."""
     if not secret:
         return None
-    from cluster_manager import SECRET_HEADER
-    key, expected = SECRET_HEADER.upper().replace("-", "_"), secret.encode("utf-8")
+    from transport import SECRET_HEADER, secret_token
+    key, expected = SECRET_HEADER.upper().replace("-", "_"), secret_token(secret).encode()
 
     def authentic(headers: dict) -> bool:
         given = headers.get(key)
@@ -123,8 +121,8 @@ def peer_auth(secret: str | None):
 
 def peer_routes() -> dict[str, int]:
     """Body caps of the node-to-node paths; those requests run on the server's peer pool."""
-    from api_server import MAX_SNAPSHOT_BODY, RAFT_RPC  # becomes transport.RAFT_PATHS
-    return {path: MAX_SNAPSHOT_BODY if path == SNAPSHOT_PATH else RAFT_MESSAGE_LIMIT for path in RAFT_RPC}
+    from transport import MAX_PEER_MESSAGE, MAX_SNAPSHOT_BODY, RAFT_PATHS
+    return {path: MAX_SNAPSHOT_BODY if path == SNAPSHOT_PATH else MAX_PEER_MESSAGE for path in RAFT_PATHS}
 
 
 def fail(message: str) -> int:

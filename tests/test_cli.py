@@ -126,3 +126,23 @@ def test_disk_full_at_startup(tmp_path):
                     filler.write(b"x" * 4096)
             assert full.value.errno == errno.ENOSPC
         assert_startup_error(run_node(*node_args(tmp_path, disk / "data")), "No space left on device")
+
+
+def test_corrupt_storage(tmp_path):
+    from storage import Storage
+    data_dir = str(tmp_path / "node")
+    storage = Storage(data_dir)
+    storage.load()
+    for i in range(1, 4):
+        storage.append((1, None), [(i, 1, {"op": "set", "key": f"k{i}", "value": "v" * 40})])
+    storage.close()
+    segment = os.path.join(data_dir, "wal", sorted(os.listdir(os.path.join(data_dir, "wal")))[0])
+    with open(segment, "r+b") as f:
+        f.seek(40)  # inside the first records, well before the end
+        byte = f.read(1)[0]
+        f.seek(40)
+        f.write(bytes([byte ^ 0x10]))
+    port = free_ports(1)[0]
+    result = run_node("--port", str(port), "--peers", f"http://127.0.0.1:{free_ports(1)[0]}",
+                      "--data-dir", data_dir)
+    assert_startup_error(result, "is corrupt at byte")

@@ -173,6 +173,7 @@ def test_storage_crash_after_append_before_fsync_loses_no_acknowledged_write(tmp
     # Node 0 dies on its 30th WAL append, at the worst moment: written but not fsynced.
     env = lambda i: {"PICKLEDB_CRASH_POINT": "wal_before_fsync:30"} if i == 0 else {}
     with Cluster(tmp_path / "c", env=env) as c:
+        c.wait_for_leader()  # else the writes can all fall in the first election and never reach 30
         acked, target = set(), c.node(1).url
         for i in range(400):  # batching decides how many writes make 30 appends; stop once it crashed
             if not c.node(0).alive and len(acked) >= 40:

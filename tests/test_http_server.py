@@ -17,6 +17,7 @@ import requests
 
 from harness import Cluster, wait_for
 from http_server import HTTPServer, Limits
+from transport import secret_token
 
 MiB = 1024 * 1024
 PEER_ROUTES = {"/replicate": 2 * MiB, "/raft/snapshot": 8 * MiB}
@@ -515,10 +516,11 @@ def test_a_cluster_under_a_slow_client_attack_keeps_its_leader_commits_and_catch
                 assert r.status_code == 201, r.text
                 latencies.append(time.monotonic() - started)
             # A new node-to-node connection gets through the full server at once.
-            vote = {"type": "vote_req", "from": followers[0].url, "term": 0, "last_index": 0,
-                    "last_term": 0, "pre": True, "rid": 1}
+            vote = {"type": "vote_req", "from": followers[0].url, "to": leader.url, "term": 0,
+                    "last_index": 0, "last_term": 0, "pre": True, "rid": 1}
             r = requests.post(leader.url + "/raft/vote", data=json.dumps(vote), timeout=2,
-                              headers={"X-Cluster-Secret": "s3cret", "Content-Type": "application/json"})
+                              headers={"X-Cluster-Secret": secret_token("s3cret"), "X-PickleDB-Peer": "1",
+                                       "Content-Type": "application/json"})
             assert r.status_code == 200, r.text
             # A follower restarted during the attack catches up.
             followers[0].stop()
