@@ -292,6 +292,8 @@ def run_checks(exits: Optional[ExitWatch], nem: Optional[Nemesis],
         for problem in check_hostile_data(replicas, hostile.accepted_marks):
             c.fail(problem)
         c.info["answers"] = json.dumps(hostile.counts(), sort_keys=True)
+        if hostile.problem_counts:
+            c.info["wrong answers"] = json.dumps(hostile.problem_counts, sort_keys=True)
         checks.append(c)
     return checks
 

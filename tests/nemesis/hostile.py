@@ -376,6 +376,7 @@ class HostileTraffic:
     1000 and 1001) like any client write."""
 
     HEAD_BURST = 20                    # more than the server's 16 event-stream slots
+    PROBLEMS_SHOWN = 3                 # of each probe's wrong answers, in the report
     EVENTS_COOLDOWN = 11.0             # an abandoned stream holds its slot until the next
                                        # keep-alive write (every 10 s)
 
@@ -393,6 +394,7 @@ class HostileTraffic:
         self.stop_event = threading.Event()
         self.sent: list = []
         self.problems: list = []
+        self.problem_counts: dict = {}     # probe name -> wrong answers
         self.accepted_marks: set = set()   # hostile strings that may legitimately be stored
         self._n = 0
         self._lock = threading.Lock()
@@ -457,9 +459,15 @@ class HostileTraffic:
         with self._lock:
             self.sent.append(sent)
             if problem:
-                self.problems.append(f"t={invoke:.3f} {p.name} {p.method} {p.path[:60]} "
-                                     f"-> {url}: {problem}")
+                self._problem(p.name, f"t={invoke:.3f} {p.name} {p.method} {p.path[:60]} "
+                                      f"-> {url}: {problem}")
         return sent
+
+    def _problem(self, kind: str, text: str):
+        """Keeps the first PROBLEMS_SHOWN of each kind; counts them all (``problem_counts``)."""
+        self.problem_counts[kind] = self.problem_counts.get(kind, 0) + 1
+        if self.problem_counts[kind] <= self.PROBLEMS_SHOWN:
+            self.problems.append(text)
 
     def _record(self, p: Probe, a: Answer, url: str, invoke: float, complete: float,
                 process: int):
@@ -509,16 +517,17 @@ class HostileTraffic:
         # Streams that others opened and closed hold their slots until the server next
         # writes to them (a keep-alive within seconds); slots HEAD leaked are never freed.
         deadline = time.monotonic() + self.EVENTS_COOLDOWN
+        p = Probe("events_after_heads", "any", "GET", "/events", stream=True)
+        s = self.fire(i, p, 1000)
         while True:
-            p = Probe("events_after_heads", "any", "GET", "/events", stream=True)
-            s = self.fire(i, p, 1000)
             body = s.answer.json() if s.answer.status == 503 else None
             full = isinstance(body, dict) and body.get("error") == "too_many_streams"
             if not full or time.monotonic() > deadline or self.stop_event.wait(0.5):
                 break
+            s = Sent(self.history.now(), s.node, p, send(s.node, p), None)   # not judged again
         if full and time.monotonic() > deadline:
             with self._lock:
-                self.problems.append(
+                self._problem("events_leak", 
                     f"t={s.t:.3f} GET /events -> {s.node} answered 503 too_many_streams "
                     f"for {self.EVENTS_COOLDOWN:g} s after {self.HEAD_BURST} HEAD /events, "
                     f"with no stream open: "
