@@ -13,7 +13,7 @@ history) -> wait until every node's applied index is equal -> snapshot every rep
 
 Command line (from the repository root):
 
-  python -m tests.nemesis.campaign                        # the CI campaign (~5 min)
+  python -m tests.nemesis.campaign                        # the CI campaign (~3 min)
   python -m tests.nemesis.campaign --long --minutes 30    # random runs for 30 minutes
   python -m tests.nemesis.campaign --seed 42 --profile partition --nodes 5 --duration 18
                                                           # replay one run
@@ -55,7 +55,7 @@ BARRIER_KEY = "__nemesis_barrier__"
 # this long for each recovery step before reporting NO RECOVERY.
 RECOVERY_TIMEOUT = 20.0
 
-# The bounded CI campaign: (profile, nodes, seconds of faults+workload). About 4.5 minutes
+# The bounded CI campaign: (profile, nodes, seconds of faults+workload). About 2.5 minutes
 # in all on a 2-core machine, including start-up, healing and checking.
 CI_RUNS = (
     ("kill", 3, 14),
