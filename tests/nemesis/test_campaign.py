@@ -2,9 +2,9 @@
 
 CI part (always): one run per entry of ``campaign.CI_RUNS`` (kill -9/restart, SIGSTOP,
 partitions, storage crash points, delay/drops, everything mixed, damaged files on stopped
-nodes, large entries, hostile requests; 3 and 5 nodes; about 2.5 minutes in all). Each run's seed is derived from a base seed (random unless
-NEMESIS_SEED / --nemesis-seed is given) and printed with the schedule on failure, with the
-command that replays it.
+nodes, large entries, hostile requests; 3 and 5 nodes; about 2.5 minutes in all). Each
+run's seed is derived from a base seed (random unless NEMESIS_SEED / --nemesis-seed is
+given) and printed with the schedule on failure, with the command that replays it.
 
 The long campaign is a command, not a test: ``python -m tests.nemesis.campaign --long --minutes 30``.
 """
