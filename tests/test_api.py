@@ -1,9 +1,27 @@
 """Every endpoint and every bad-input class, through Flask's test client on a real node."""
 import pytest
+from flask.testing import FlaskClient
 
 from api_server import MAX_DESCRIPTION, MAX_TITLE, create_app
 from cluster_manager import Node, NodeConfig
 from harness import free_ports, wait_for
+
+
+class NodeClient(FlaskClient):
+    """Flask's test client, addressed like a real client: the Host header is the node's host:port."""
+    node_url = None
+
+    def open(self, *args, **kwargs):
+        kwargs.setdefault("base_url", self.node_url)
+        return super().open(*args, **kwargs)
+
+
+def api_client(node, **options) -> NodeClient:
+    app = create_app(node, **options)
+    app.test_client_class = NodeClient
+    client = app.test_client()
+    client.node_url = node.id
+    return client
 
 
 def make_node(tmp_path, peers=(), secret=None):
@@ -24,7 +42,7 @@ def node(tmp_path):
 
 @pytest.fixture
 def client(node):
-    return create_app(node).test_client()
+    return api_client(node)
 
 
 @pytest.fixture
@@ -32,7 +50,7 @@ def leaderless(tmp_path):
     """A node whose peers never answer: it can never win an election."""
     a, b = free_ports(2)
     n = make_node(tmp_path, peers=[f"http://127.0.0.1:{a}", f"http://127.0.0.1:{b}"])
-    yield create_app(n).test_client()
+    yield api_client(n)
     n.stop()
 
 
@@ -210,7 +228,7 @@ def test_unknown_sender_gets_no_vote(client, node):
 def test_secret_is_required_for_internal_endpoints(tmp_path):
     n = make_node(tmp_path, secret="topsecret")
     try:
-        c = create_app(n).test_client()
+        c = api_client(n)
         msg = {"type": "vote_req", "from": "http://x", "term": 1, "last_index": 0, "last_term": 0}
         assert_error(c.post("/raft/vote", json=msg), 401, "unauthorized")
         assert_error(c.post("/raft/vote", json=msg, headers={"X-Cluster-Secret": "wrong"}), 403, "forbidden")
@@ -223,7 +241,7 @@ def test_cors_allows_cluster_origins_only(tmp_path):
     a, b = free_ports(2)
     n = make_node(tmp_path, peers=[f"http://127.0.0.1:{a}", f"http://127.0.0.1:{b}"])
     try:
-        c = create_app(n).test_client()
+        c = api_client(n)
         r = c.get("/status", headers={"Origin": f"http://127.0.0.1:{a}"})
         assert r.headers.get("Access-Control-Allow-Origin") == f"http://127.0.0.1:{a}"
         r = c.get("/status", headers={"Origin": f"http://localhost:{b}"})
