@@ -48,6 +48,7 @@ MAX_PAGE = 10_000
 MAX_PAGE_BYTES = 4 * 1024 * 1024  # a list page ends at this many bytes of items (one item always fits)
 LIST_SLOTS = 4  # list pages built or sent at once; more get 503 busy
 SEND_CHUNK = 64 * 1024
+ENCODE_BATCH = 64
 TASK_FIELDS = {"title", "description", "completed"}
 FORWARDED_HEADER = "X-PickleDB-Forwarded"
 NEXT_OFFSET_HEADER = "X-Next-Offset"  # GET /jobs keeps its bare {key: value} body, so paging is in headers
@@ -180,19 +181,32 @@ def check_integer_literals(raw: bytes) -> None:
     json.loads(raw, parse_int=parse_int)
 
 
-def encode_page(items, encode) -> tuple[list[bytes], int]:
+def encode_page(items: list, encode) -> tuple[list[bytes], int]:
     """Encodes items until MAX_PAGE_BYTES; returns the pieces, comma-separated, and how many
-    items they hold. The first item always fits (a task or a value is at most about 1 MiB)."""
-    pieces, size = [], 0
-    for item in items:
-        piece = encode(item)
-        size += len(piece) + 1
+    items they hold. The first item always fits (a task or a value is at most about 1 MiB).
+    `encode(batch)` is a batch's items, comma-separated: one orjson call encodes ENCODE_BATCH
+    items (per item, a page of 10,000 small tasks took 14 ms instead of 1)."""
+    pieces, size, count = [], 0, 0
+
+    def add(piece: bytes, items: int) -> None:
+        nonlocal size, count
         if pieces:
-            if size > MAX_PAGE_BYTES:
-                break
             pieces.append(b",")
         pieces.append(piece)
-    return pieces, (len(pieces) + 1) // 2
+        size, count = size + len(piece) + 1, count + items
+    for start in range(0, len(items), ENCODE_BATCH):
+        batch = items[start:start + ENCODE_BATCH]
+        piece = encode(batch)
+        if size + len(piece) <= MAX_PAGE_BYTES:
+            add(piece, len(batch))
+            continue
+        for item in batch:  # the page ends inside this batch
+            piece = encode([item])
+            if count and size + len(piece) > MAX_PAGE_BYTES:
+                break
+            add(piece, 1)
+        break
+    return pieces, count
 
 
 def chunks(pieces: list[bytes]):
@@ -463,7 +477,7 @@ def create_app(node: Node, extra_hosts=()) -> Flask:
 
         def build():
             tasks, total, index = node.state.list_tasks(limit, offset)
-            pieces, count = encode_page(tasks, orjson.dumps)
+            pieces, count = encode_page(tasks, lambda batch: orjson.dumps(batch)[1:-1])
             after = offset + count
             tail = orjson.dumps({"total": total, "index": index, "next_offset": after if after < total else None})
             pieces.insert(0, b'{"tasks":[')
@@ -527,7 +541,7 @@ def create_app(node: Node, extra_hosts=()) -> Flask:
 
         def build():
             items, total = node.state.list_kv(limit, offset)
-            pieces, count = encode_page(items, lambda item: orjson.dumps({item[0]: item[1]})[1:-1])
+            pieces, count = encode_page(items, lambda batch: orjson.dumps(dict(batch))[1:-1])
             headers = {TOTAL_HEADER: str(total)}
             if offset + count < total:
                 headers[NEXT_OFFSET_HEADER] = str(offset + count)

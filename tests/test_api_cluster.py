@@ -89,6 +89,11 @@ def test_a_follower_forwards_exactly_what_was_asked(cluster):
     # A percent-encoded query still means the same on the leader.
     status, _, body = raw(follower.url, "GET", "/tasks?limit=%31")
     assert status == 200 and len(json.loads(body)["tasks"]) == 1
+    # The leader's paging headers come back through the follower.
+    for key in ("page-a", "page-b"):
+        requests.post(leader.url + "/set", json={"key": key, "value": 0}, timeout=10).raise_for_status()
+    r = requests.get(follower.url + "/jobs?limit=1", timeout=10)
+    assert len(r.json()) == 1 and r.headers["X-Next-Offset"] == "1" and int(r.headers["X-Total-Count"]) >= 2
 
 
 @pytest.mark.parametrize("key", ["a/b", "/lead", "trail/", "a//b", "100%", "%2F", "a b", "é/日本", "..", "?x#y"])
