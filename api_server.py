@@ -332,7 +332,7 @@ def served_names(node: Node, extra_hosts=()) -> tuple[set[str], set[str]]:
         hosts.add(extra if re.fullmatch(r"(\[[^\]]*\]|[^:\[\]]+):\d+", extra) else authority(extra, port))
     origins = {f"http://{host}" for host in hosts}
     for peer in node.config.peers:
-        name, peer_port = host_name(peer), urlsplit(peer).port
+        name, peer_port = host_name(peer), urlsplit(peer).port or 80
         for variant in LOOPBACK_NAMES if name in LOOPBACK_NAMES else (name,):
             origins.add(f"http://{authority(variant, peer_port)}")
     return hosts, origins
@@ -342,7 +342,7 @@ def create_app(node: Node, extra_hosts=()) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.json.sort_keys = False
-    app.url_map.merge_slashes = False  # a redirect would lose the request; "//" is just a 404
+    app.url_map.merge_slashes = False  # no redirects (Flask sends them as HTML); /jobs/a//b reads key "a//b"
     app.url_map.converters["anypath"] = AnyPathConverter
     hosts, origins = served_names(node, extra_hosts)
     CORS(app, origins=sorted(origins), expose_headers=list(RELAYED_HEADERS))
