@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from api_server import MAX_PAGE_BYTES
-from harness import Cluster
+from harness import Cluster, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -27,23 +27,32 @@ def rss(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def fill(url: str) -> None:
-    local = threading.local()
+def fill(cluster) -> None:
+    local, leader = threading.local(), [cluster.wait_for_leader()]
 
     def create(i):
         s = getattr(local, "session", None)
         if s is None:
             s = local.session = requests.Session()
-        r = s.post(url + "/tasks", json={"title": f"big {i}", "description": DESCRIPTION}, timeout=30)
-        assert r.status_code == 201, r.text
+
+        def attempt():  # retried through an election (a duplicate task or two do not matter here)
+            try:
+                if s.post(leader[0] + "/tasks", json={"title": f"big {i}", "description": DESCRIPTION},
+                          timeout=30).status_code == 201:
+                    return True
+            except requests.RequestException:
+                pass
+            leader[0] = cluster.wait_for_leader()
+            return False
+        wait_for(attempt, 30, f"task {i} to be created")
     with ThreadPoolExecutor(16) as ex:
         list(ex.map(create, range(TASKS)))
 
 
 def test_concurrent_full_lists_are_bounded_and_keep_the_leader(tmp_path):
     with Cluster(tmp_path / "c") as c:
+        fill(c)
         leader = c.by_url(c.wait_for_leader())
-        fill(leader.url)
         term = leader.status()["term"]
         baseline = rss(leader.proc.pid)
 

@@ -60,6 +60,18 @@ def stale(node_url, path):
     return r.json()
 
 
+def put_key(cluster, key, value):
+    """A real write through whichever node leads (retried while an election is under way)."""
+    def attempt():
+        try:
+            r = requests.post(cluster.wait_for_leader() + "/set", json={"key": key, "value": value}, timeout=10)
+        except requests.RequestException:
+            return False
+        return r.status_code == 200
+    wait_for(attempt, 20, f"the write of {key}")
+    cluster.wait_converged()
+
+
 def test_no_cors_text_plain_writes_create_nothing(open_cluster, evil_origin, page):
     urls = open_cluster.urls
     page.goto(evil_origin + "/")
@@ -67,33 +79,29 @@ def test_no_cors_text_plain_writes_create_nothing(open_cluster, evil_origin, pag
     page.evaluate(FORGE, [targets, '{"title": "forged", "key": "forged", "value": 1}'])
     page.evaluate(FORGE, [[u + "/set" for u in urls], '{"key": "forged", "value": 1}'])
     page.evaluate(FORGE, [[u + "/tasks" for u in urls], '{"title": "forged"}'])
-    leader = open_cluster.wait_for_leader()
-    assert requests.post(leader + "/set", json={"key": "barrier", "value": 1}, timeout=10).status_code == 200
-    open_cluster.wait_converged()
+    put_key(open_cluster, "barrier", 1)
     for url in urls:
         assert stale(url, "/tasks")["total"] == 0
         assert stale(url, "/jobs") == {"barrier": 1}
 
 
 def test_forged_replication_changes_no_log(open_cluster, evil_origin, page):
+    put_key(open_cluster, "before", 1)
     leader = open_cluster.wait_for_leader()
-    assert requests.post(leader + "/set", json={"key": "before", "value": 1}, timeout=10).status_code == 200
-    open_cluster.wait_converged()
     follower = next(u for u in open_cluster.urls if u != leader)
-    view = open_cluster.by_url(follower).status()
+    view = wait_for(open_cluster.by_url(follower).status, 5, "the follower's status")
     term, last = view["term"], view["last_log_index"]
     forged = {"type": "append_req", "from": leader, "term": term, "prev_index": last, "prev_term": term,
               "entries": [[term, {"op": "set", "key": "forged", "value": "forged"}]],
               "commit": last + 1, "seq": 0, "rid": 1}
     page.goto(evil_origin + "/")
     page.evaluate(FORGE, [[follower + "/replicate"], json.dumps(forged)])
-    after = open_cluster.by_url(follower).status()
+    after = wait_for(open_cluster.by_url(follower).status, 5, "the follower's status")
     assert after["last_log_index"] == last and after["term"] == term, after
     assert "forged" not in stale(follower, "/jobs")
     # The leader's next write lands on every node, the same everywhere.
-    assert requests.post(leader + "/set", json={"key": "after", "value": 2}, timeout=10).status_code == 200
-    open_cluster.wait_converged()
-    jobs = stale(leader, "/jobs")
+    put_key(open_cluster, "after", 2)
+    jobs = stale(open_cluster.wait_for_leader(), "/jobs")
     assert "forged" not in jobs and jobs["after"] == 2
     wait_for(lambda: all(stale(u, "/jobs") == jobs for u in open_cluster.urls), 5,
              "every node to hold exactly the leader's writes")
