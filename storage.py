@@ -98,6 +98,14 @@ class AppendFile:
         os.close(self._fd)
 
 
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class FileSystem:
     """Every file operation Storage makes. The real one calls the OS; tests substitute a
     fault-injecting one (torn writes, lost unsynced writes, crashes)."""
@@ -145,18 +153,10 @@ class FileSystem:
         os.remove(path)
 
     def sync_file(self, path: str) -> None:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_path(path)
 
     def sync_dir(self, path: str) -> None:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_path(path)
 
     def lock(self, path: str) -> object:
         handle = open(path, "a+")

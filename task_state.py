@@ -59,19 +59,23 @@ class TaskStateMachine:
             self.applied_index, self.applied_term = index, term
 
     # ------------------------------------------------------------- reads (any thread)
-    def list_tasks(self, limit: int | None, offset: int) -> tuple[list[dict], int]:
+    def list_tasks(self, limit: int, offset: int) -> tuple[list[dict], int, int]:
+        """Up to `limit` tasks from `offset`, newest first; the number of tasks; the applied
+        index they reflect."""
         with self.lock:
             newest_first = reversed(self.tasks.values())
-            stop = None if limit is None else offset + limit
-            return list(itertools.islice(newest_first, offset, stop)), len(self.tasks)
+            page = list(itertools.islice(newest_first, offset, offset + limit))
+            return page, len(self.tasks), self.applied_index
 
     def get_task(self, task_id: str) -> dict | None:
         with self.lock:
             return self.tasks.get(task_id)
 
-    def all_kv(self) -> dict:
+    def list_kv(self, limit: int, offset: int) -> tuple[list[tuple[str, Any]], int]:
+        """Up to `limit` (key, value) pairs from `offset`, in the order keys were first set; the
+        number of keys."""
         with self.lock:
-            return dict(self.kv)
+            return list(itertools.islice(self.kv.items(), offset, offset + limit)), len(self.kv)
 
     def get_kv(self, key: str, default=None):
         with self.lock:

@@ -1,9 +1,28 @@
 """Every endpoint and every bad-input class, through Flask's test client on a real node."""
 import pytest
+from flask.testing import FlaskClient
 
 from api_server import MAX_DESCRIPTION, MAX_TITLE, create_app
 from cluster_manager import Node, NodeConfig
 from harness import free_ports, wait_for
+from transport import MAX_PEER_MESSAGE
+
+
+class NodeClient(FlaskClient):
+    """Flask's test client, addressed like a real client: the Host header is the node's host:port."""
+    node_url = None
+
+    def open(self, *args, **kwargs):
+        kwargs.setdefault("base_url", self.node_url)
+        return super().open(*args, **kwargs)
+
+
+def api_client(node, **options) -> NodeClient:
+    app = create_app(node, **options)
+    app.test_client_class = NodeClient
+    client = app.test_client()
+    client.node_url = node.id
+    return client
 
 
 def make_node(tmp_path, peers=(), secret=None):
@@ -24,7 +43,7 @@ def node(tmp_path):
 
 @pytest.fixture
 def client(node):
-    return create_app(node).test_client()
+    return api_client(node)
 
 
 @pytest.fixture
@@ -32,7 +51,7 @@ def leaderless(tmp_path):
     """A node whose peers never answer: it can never win an election."""
     a, b = free_ports(2)
     n = make_node(tmp_path, peers=[f"http://127.0.0.1:{a}", f"http://127.0.0.1:{b}"])
-    yield create_app(n).test_client()
+    yield api_client(n)
     n.stop()
 
 
@@ -188,29 +207,37 @@ def test_without_a_leader_writes_get_503_and_stale_reads_work(leaderless):
     assert_error(client.post("/tasks", json={"title": ""}), 400, "invalid_request")
 
 
+PEER = {"X-PickleDB-Peer": "1"}  # with Content-Type: application/json, what every peer request carries
+
+
 def test_internal_endpoints_validate_messages(client):
     for path in ("/heartbeat", "/replicate", "/raft/vote"):
-        assert_error(client.post(path, data=b"{}", content_type="application/json"), 400)
-        assert_error(client.post(path, data=b"garbage", content_type="application/json"), 400)
+        assert_error(client.post(path, data=b"{}", content_type="application/json", headers=PEER), 400)
+        assert_error(client.post(path, data=b"garbage", content_type="application/json", headers=PEER), 400)
     bad_entries = {"type": "append_req", "from": "http://x", "term": 1, "prev_index": 0, "prev_term": 0,
                    "commit": 0, "seq": 0, "entries": [[1, "not a command"]]}
-    assert_error(client.post("/replicate", json=bad_entries), 400)
-    assert_error(client.post("/raft/snapshot", data=b"{}"), 400)
-    assert_error(client.post("/replicate", data=b"x" * (1024 * 1024 + 1)), 413, "request_entity_too_large")
-    assert_error(client.post("/raft/vote", data=b"{}", headers={"Content-Length": "many"}), 400)
+    assert_error(client.post("/replicate", json=bad_entries, headers=PEER), 400)
+    assert_error(client.post("/raft/snapshot", data=b"{}", content_type="application/json", headers=PEER), 400)
+    assert_error(client.post("/replicate", data=b"x" * (MAX_PEER_MESSAGE + 1), content_type="application/json",
+                             headers=PEER), 413, "request_entity_too_large")
+    assert_error(client.post("/raft/vote", data=b"{}", content_type="application/json",
+                             headers={**PEER, "Content-Length": "many"}), 400)
     assert_error(client.get("/raft/vote"), 405)  # only POST is an RPC; the rest is the client API's
+    assert_error(client.post("/raft/vote", data=b"{}", content_type="text/plain", headers=PEER), 403, "forbidden")
+    assert_error(client.post("/raft/vote", data=b"{}", content_type="application/json"), 403, "forbidden")
 
 
 def test_unknown_sender_gets_no_vote(client, node):
-    msg = {"type": "vote_req", "from": "http://127.0.0.1:1", "term": 99, "last_index": 99, "last_term": 99}
-    assert_error(client.post("/raft/vote", json=msg), 400)
+    msg = {"type": "vote_req", "from": "http://127.0.0.1:1", "to": node.id, "term": 99, "last_index": 99,
+           "last_term": 99, "rid": 1}
+    assert_error(client.post("/raft/vote", json=msg, headers=PEER), 400)
     assert node.status()["term"] < 99
 
 
 def test_secret_is_required_for_internal_endpoints(tmp_path):
     n = make_node(tmp_path, secret="topsecret")
     try:
-        c = create_app(n).test_client()
+        c = api_client(n)
         msg = {"type": "vote_req", "from": "http://x", "term": 1, "last_index": 0, "last_term": 0}
         assert_error(c.post("/raft/vote", json=msg), 401, "unauthorized")
         assert_error(c.post("/raft/vote", json=msg, headers={"X-Cluster-Secret": "wrong"}), 403, "forbidden")
@@ -223,7 +250,7 @@ def test_cors_allows_cluster_origins_only(tmp_path):
     a, b = free_ports(2)
     n = make_node(tmp_path, peers=[f"http://127.0.0.1:{a}", f"http://127.0.0.1:{b}"])
     try:
-        c = create_app(n).test_client()
+        c = api_client(n)
         r = c.get("/status", headers={"Origin": f"http://127.0.0.1:{a}"})
         assert r.headers.get("Access-Control-Allow-Origin") == f"http://127.0.0.1:{a}"
         r = c.get("/status", headers={"Origin": f"http://localhost:{b}"})

@@ -45,6 +45,16 @@ def test_restore_and_listing_order():
     other.restore(index, term, state)
     assert other.tasks == sm.tasks and other.kv == sm.kv and other.applied_index == index
     other.apply(index + 1, 2, {"op": "create", "task": {**COMMANDS[1]["task"], "id": "c"}})
-    tasks, total = other.list_tasks(None, 0)
-    assert [t["id"] for t in tasks] == ["c", "a"] and total == 2
+    tasks, total, index = other.list_tasks(10, 0)
+    assert [t["id"] for t in tasks] == ["c", "a"] and total == 2 and index == other.applied_index
     assert other.list_tasks(1, 1)[0][0]["id"] == "a"
+    assert other.list_tasks(5, 2) == ([], 2, other.applied_index)
+
+
+def test_key_values_are_listed_in_pages_in_the_order_first_set():
+    sm = TaskStateMachine()
+    for i, key in enumerate(["b", "a", "c", "a"], start=1):
+        sm.apply(i, 1, {"op": "set", "key": key, "value": i})
+    assert sm.list_kv(10, 0) == ([("b", 1), ("a", 4), ("c", 3)], 3)
+    assert sm.list_kv(1, 1) == ([("a", 4)], 3)
+    assert sm.list_kv(2, 3) == ([], 3)

@@ -233,6 +233,18 @@ def test_many_tasks_render_fast(cluster, api, page):
     assert page.evaluate("window.pickleDashboard.state.lastRenderMs") < 50
 
 
+def test_every_task_shows_when_pages_end_at_the_byte_bound(cluster, api, page):
+    n, description = 450, "x" * 10_000  # 4.5 MB of tasks: the server ends a 500-task page early
+    leader = cluster.wait_for_leader(15)
+    with ThreadPoolExecutor(16) as ex:
+        list(ex.map(lambda i: api.create(f"Long task {i:03d}", description, node=leader), range(n)))
+    first = api.s.get(f"{leader}/tasks?limit=500", timeout=10).json()
+    assert len(first["tasks"]) < n and first["next_offset"] == len(first["tasks"])
+    open_dashboard(page, leader)
+    expect(page.locator("#task-count")).to_have_text(f"{n} tasks: {n} in progress, 0 done")
+    expect(task_row(page, "Long task 000")).to_have_count(1)
+
+
 def test_phone_layout_and_keyboard(cluster, api, page_factory):
     page = page_factory({"width": 375, "height": 740})
     open_dashboard(page, cluster.wait_for_leader(15))
