@@ -22,6 +22,9 @@ client, which the server may cut off). Every key, title and description a probe 
 contains ``hostile``; at the end no replica may hold such data unless a ``may_accept`` probe
 carrying it may have taken effect: answered 2xx, ``503 unknown_outcome`` or nothing
 (``check_hostile_data``). Node processes that die are reported by ``cluster.ExitWatch``.
+
+``SlowLoris`` is the nemesis's slowloris fault: more unfinished request heads than a node takes
+clients, after which an ordinary request must still be answered (``probe_under_attack``).
 """
 from __future__ import annotations
 
