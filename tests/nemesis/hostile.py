@@ -57,7 +57,9 @@ def documented_503_codes(readme: Path = README) -> set:
         text = readme.read_text(encoding="utf-8")
     except OSError:
         return set(KNOWN_503)
-    codes = set(re.findall(r"^\|\s*503\s*\|\s*`([a-z_]+)`", text, re.M))
+    codes = set()
+    for cell in re.findall(r"^\|\s*503\s*\|([^|\n]*)\|", text, re.M):
+        codes.update(re.findall(r"`([a-z_]+)`", cell))      # a row may list several
     return codes or set(KNOWN_503)
 
 

@@ -128,8 +128,9 @@ def test_a_slow_client_may_be_cut_off():
 def test_readme_error_table_is_parsed(tmp_path):
     assert set(KNOWN_503) <= documented_503_codes()
     readme = tmp_path / "README.md"
-    readme.write_text("| 503 | `busy` | overloaded |\n| 404 | `not_found` | x |\n")
-    assert documented_503_codes(readme) == {"busy"}
+    readme.write_text("| 503 | `busy` / `too_many_streams` | overloaded, `x` |\n"
+                      "| 503 | `no_leader` | x |\n| 404 | `not_found` | x |\n")
+    assert documented_503_codes(readme) == {"busy", "too_many_streams", "no_leader"}
 
 
 def test_every_probe_carries_the_mark():
