@@ -1,4 +1,4 @@
-"""Flask app factory: the task API, cluster endpoints, legacy endpoints and node-to-node RPC.
+"""Flask app factory: the task API, cluster endpoints and legacy endpoints (node-to-node RPC is in transport.py).
 
 Every error is JSON `{"error": code, "message": text}` with a 4xx or 503 status. Writes are
 proposed only on the leader (followers forward them); reads are linearizable unless
