@@ -1,4 +1,4 @@
-"""Flask app factory: the task API, cluster endpoints and legacy endpoints (node-to-node RPC is in transport.py).
+"""Flask app factory: the task API, cluster views and legacy endpoints (raft RPC: transport.py).
 
 Every error is JSON `{"error": code, "message": text}` with a 4xx or 503 status. Writes are
 proposed only on the leader (followers forward them); reads are linearizable unless
