@@ -433,7 +433,7 @@ def test_sigterm_with_an_open_event_stream_stops_within_two_seconds_cleanly(tmp_
         cluster.wait_for_leader()
         n = cluster.node(0)
         with socket.create_connection(("127.0.0.1", n.port), timeout=5) as stream:
-            stream.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+            stream.sendall(f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{n.port}\r\n\r\n".encode())
             assert b"200 OK" in stream.recv(65536)
             started = time.monotonic()
             n.proc.send_signal(signal.SIGTERM)
@@ -500,13 +500,16 @@ def test_a_cluster_under_a_slow_client_attack_keeps_its_leader_commits_and_catch
         try:
             # Every event stream a node allows holds one of its client threads for 30 s.
             for n in cluster.nodes:
-                while True:
+                for _ in range(100):  # a node allows far fewer streams
                     s = socket.create_connection(("127.0.0.1", n.port), timeout=5)
-                    s.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+                    s.sendall(f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{n.port}\r\n\r\n".encode())
                     head = s.recv(65536)
                     streams.append(s)
                     if b" 503 " in head:
                         break
+                    assert b" 200 " in head, head
+                else:
+                    raise AssertionError(f"{n.url} never refused an event stream")
             attack = SlowClients(leader.port, 520, interval=2.0)
             session = requests.Session()
             latencies = []
