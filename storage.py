@@ -240,8 +240,8 @@ _TRAILER_SIZE = len(_SUM_KEY) + 64 + len(b'"}')
 
 
 def encode_snapshot(meta: dict, state: dict) -> bytes:
-    body = orjson.dumps({"meta": meta, "state": state})[:-1]
-    return body + _SUM_KEY + hashlib.sha256(body).hexdigest().encode() + b'"}'
+    body = memoryview(orjson.dumps({"meta": meta, "state": state}))[:-1]  # no copy of a large state
+    return b"".join((body, _SUM_KEY, hashlib.sha256(body).hexdigest().encode(), b'"}'))
 
 
 def _check_snapshot(document) -> tuple[dict, dict]:
