@@ -11,8 +11,8 @@ Threads:
               AppendEntries in flight per peer, so entries proposed meanwhile are batched into
               the next request.
 
-A single bad command never stops the loop: a command is encoded once in the proposing thread
-and refused there unless the WAL and AppendEntries can carry it, and a committed command whose
+A single bad command never stops the loop: a command is checked (depth, encoded size) in the
+proposing thread and refused there unless the WAL and AppendEntries can carry it, and a committed command whose
 apply raises is an error for its client only (apply is deterministic, so every replica fails it
 alike and the replicas stay identical).
 """

@@ -390,6 +390,8 @@ class HTTPServer:
     def stop(self) -> None:
         """Ask serve_forever to return. Safe from a signal handler and from any thread."""
         self.stopping = True
+        if self.closed:  # a closed trigger's descriptor number may belong to another file by now
+            return
         for listener in self.listeners:
             try:
                 listener.pull_trigger()

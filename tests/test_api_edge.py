@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import api_server
 from api_server import LIST_SLOTS, MAX_DEPTH, MAX_TASK_ID, SSE_MAX_STREAMS, request_target, served_names
 from harness import free_ports, wait_for
-from test_api import api_client, assert_error, make_node
+from test_api import api_client, assert_error, client, make_node, node  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -24,19 +24,6 @@ def shared_node(tmp_path_factory):
     wait_for(lambda: n.status()["is_leader"], 5, "single node to lead")
     yield n
     n.stop()
-
-
-@pytest.fixture
-def node(tmp_path):
-    n = make_node(tmp_path)
-    wait_for(lambda: n.status()["is_leader"], 5, "single node to lead")
-    yield n
-    n.stop()
-
-
-@pytest.fixture
-def client(node):
-    return api_client(node)
 
 
 def port_of(node):

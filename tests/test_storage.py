@@ -173,13 +173,18 @@ def test_damage_in_the_wal_refuses_to_start_and_changes_nothing(tmp_path, record
     s.close()
 
 
-def test_damage_in_an_earlier_segment_refuses_even_at_its_end(tmp_path):
-    """Only the last segment can have been torn by a crash: the earlier ones were fsynced whole."""
+def write_small_segments(tmp_path) -> None:
+    """Entries 1..8 in their own records, over several 100-byte segments."""
     s, _, _ = reopen(tmp_path, segment_bytes=100)
     s.append((1, None), entries(1, 1))
     for i in range(2, 9):
         s.append(None, entries(i, i))
     s.close()
+
+
+def test_damage_in_an_earlier_segment_refuses_even_at_its_end(tmp_path):
+    """Only the last segment can have been torn by a crash: the earlier ones were fsynced whole."""
+    write_small_segments(tmp_path)
     first = segment_files(tmp_path)[0]
     tear_by_truncating(first, 3)
     before = files(tmp_path)
@@ -189,11 +194,7 @@ def test_damage_in_an_earlier_segment_refuses_even_at_its_end(tmp_path):
 
 
 def test_a_missing_segment_or_a_gap_in_the_indexes_refuses(tmp_path):
-    s, _, _ = reopen(tmp_path, segment_bytes=100)
-    s.append((1, None), entries(1, 1))
-    for i in range(2, 9):
-        s.append(None, entries(i, i))
-    s.close()
+    write_small_segments(tmp_path)
     segments = segment_files(tmp_path)
     assert len(segments) >= 4
     os.rename(segments[1], str(tmp_path / "aside"))
