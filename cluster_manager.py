@@ -80,6 +80,7 @@ class NodeConfig:
     advertise_url: str | None = None  # default: http://<host>:<port>
     peer_ids: list[str] | None = None  # ids of `peers`, in order (default: "<host>:<port>" of each)
     join: list[str] = field(default_factory=list)  # members to ask to add us (an empty node only)
+    join_as_learner: bool = False
 
     @property
     def url(self) -> str:
@@ -326,7 +327,7 @@ class Node:
         """Ask the members listed in --join to add this node (as a voter once caught up), trying
         them in turn with backoff, for at most join_timeout. Idempotent on their side."""
         import requests  # only a joining node needs an HTTP client here
-        body = {"url": self.url, "id": self.id}
+        body = {"url": self.url, "id": self.id, "learner": self.config.join_as_learner}
         deadline = time.monotonic() + 2 * self.join_timeout
         pause, attempt = 0.2, 0
         while not self.stopping.is_set() and time.monotonic() < deadline:
@@ -435,7 +436,9 @@ class Node:
     def _caught_up(self, node_id: str) -> bool:
         core = self.core
         pr = core.progress.get(node_id)
-        return (pr is not None and pr.match >= core.last_index() - PROMOTE_GAP
+        # It must hold the entry that added it (so it answered for real, under its id) and be
+        # close behind the leader, so that promoting it does not stall commits while it catches up.
+        return (pr is not None and pr.match >= core.config_index and pr.match >= core.last_index() - PROMOTE_GAP
                 and core.now - pr.last_ack < core.election_timeout)
 
     def add_member(self, node_id: str, url: str, learner: bool = False) -> tuple[int, dict]:

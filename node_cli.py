@@ -51,6 +51,8 @@ def parse_args(argv, default_port: int):
     p.add_argument("--join", default=None,
                    help="comma-separated URLs of members of an existing cluster: an empty node asks them "
                         "to add it (as a voter once caught up); --peers is then ignored")
+    p.add_argument("--learner", action="store_true",
+                   help="with --join: stay a learner (receives the log, never votes) instead of becoming a voter")
     p.add_argument("--data-dir", default=None, help="data directory (default data/node_<port>)")
     p.add_argument("--heartbeat-interval", type=float, default=2.0, help="seconds between leader heartbeats (default 2)")
     p.add_argument("--election-timeout", type=float, default=5.0,
@@ -84,6 +86,8 @@ def parse_args(argv, default_port: int):
             if not valid_peer_url(url):
                 p.error(f"--join URL {url!r} must look like http://HOST:PORT")
         args.peers = args.peers or ""
+    if args.learner and not args.join_list:
+        p.error("--learner needs --join")
     if args.peers is None:
         if args.port not in DEFAULT_PORTS:
             p.error(f"--peers is required when --port is not one of {DEFAULT_PORTS}")
@@ -193,6 +197,7 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
     config = NodeConfig(
         host=args.host, port=args.port, peers=args.peer_list, peer_ids=args.peer_ids,
         node_id=args.node_id, advertise_url=args.advertise_url, join=args.join_list,
+        join_as_learner=args.learner,
         data_dir=args.data_dir or os.path.join("data", f"node_{args.port}"),
         heartbeat_interval=args.heartbeat_interval, election_timeout=args.election_timeout,
         first_election_timeout=(args.election_timeout * first_election_factor if first_election_factor else None),

@@ -389,7 +389,8 @@ class PeerSender(threading.Thread):
             headers[MESSAGE_HEADER] = t.codec.encode(msg).decode("latin-1")
             path, timeout = "/raft/snapshot", SNAPSHOT_RETRY
         else:
-            path = "/raft/vote" if msg["type"] == VOTE_REQ else "/replicate" if msg.get("entries") else "/heartbeat"
+            path = {VOTE_REQ: "/raft/vote", TIMEOUT_NOW: "/raft/timeout_now"}.get(
+                msg["type"], "/replicate" if msg.get("entries") else "/heartbeat")
             headers, body, timeout = t.headers, t.codec.encode(msg), t.timeout
         try:
             status, content = self.connection.post(path, body, headers, t.timeout, timeout)
@@ -541,8 +542,9 @@ def read_body(environ, limit: int) -> bytes:
 
 def raft_rpc(node, flask_app):
     """WSGI app for the node-to-node endpoints (POST to RAFT_PATHS); everything else goes to
-    `flask_app`. `node` gives `transport` and `deliver(msg, snapshot_state=None)`, which returns
-    the reply or raises RequestRefused. Raft traffic is on the path of every replicated write,
+    `flask_app`. `node` gives `transport`, `check_cluster(cluster_id, mtype)` (raises
+    RequestRefused 409 for another cluster's message) and `deliver(msg, snapshot_state=None)`,
+    which returns the reply or raises RequestRefused. Raft traffic is on the path of every replicated write,
     and Flask's request handling costs about 0.9 ms a call here, more than all the rest of a
     call, so it is skipped."""
     transport, codec = node.transport, node.transport.codec
@@ -551,11 +553,13 @@ def raft_rpc(node, flask_app):
 
     def answer(mtype: str, environ) -> dict:
         transport.check_request(environ)
-        node.check_cluster(environ.get(CLUSTER_ENVIRON), mtype)
         if mtype != SNAP_REQ:
-            return node.deliver(codec.decode_request(mtype, read_body(environ, MAX_PEER_MESSAGE)))
+            msg = codec.decode_request(mtype, read_body(environ, MAX_PEER_MESSAGE))
+            node.check_cluster(environ.get(CLUSTER_ENVIRON), mtype)
+            return node.deliver(msg)
         # A snapshot is the raw pickledb file; its message travels in a header.
         msg = codec.decode_request(mtype, environ.get(MESSAGE_ENVIRON, "").encode("latin-1", "replace"))
+        node.check_cluster(environ.get(CLUSTER_ENVIRON), mtype)
         state = codec.decode_snapshot(msg, read_body(environ, MAX_SNAPSHOT_BODY))
         return node.deliver(msg, snapshot_state=state)
 
