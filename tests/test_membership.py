@@ -147,7 +147,6 @@ def test_learners_promotion_transfer_removal_and_replacement(tmp_path):
         r = api("DELETE", leader.url, f"/cluster/members/{gone.id}")
         assert r.status_code == 200, r.text
         assert gone.id not in members(leader.url)
-        wait_for(lambda: gone.status()["voter"] is False, 5, "the removed node to know it")
         create(leader.url, "after removing a follower")
 
         # Remove the leader itself: it hands over and steps down once the change commits.
@@ -157,7 +156,8 @@ def test_learners_promotion_transfer_removal_and_replacement(tmp_path):
         new_leader = leader_of(c, exclude=leader)
         assert new_leader is not gone and leader.id not in members(new_leader.url)
         assert not leader.status()["is_leader"] and new_leader.status()["term"] == term + 1
-        # The removed nodes never campaign: the term stays put while they run.
+        # The removed nodes do not disrupt: their (pre-)votes are ignored, so the term stays put
+        # over several of their election timeouts (an observation window, not a wait for a state).
         time.sleep(4 * c.election)
         assert new_leader.status()["term"] == term + 1 and new_leader.status()["is_leader"]
         create(new_leader.url, "after removing the leader")
