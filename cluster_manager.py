@@ -495,8 +495,9 @@ class Node:
         self._settle(once, time.monotonic() + self.request_timeout, f"removing {node_id}")
         return {"removed": node_id}
 
-    def transfer_leader(self, target: str | None) -> dict:
-        """Hand leadership to `target` (None: the most up-to-date voter); returns once it leads."""
+    def transfer_leader(self, target: str | None, wait: float | None = None) -> dict:
+        """Hand leadership to `target` (None: the most up-to-date voter); returns once it leads,
+        or raises 503 transfer_failed after `wait` seconds (default: two election timeouts)."""
         def start():
             core = self._leader_core()
             try:
@@ -504,7 +505,7 @@ class Node:
             except ConfigRefused as exc:
                 raise ClientError(REFUSALS.get(exc.code, 409), exc.code, exc.message)
         chosen = self.call(start)
-        deadline = time.monotonic() + 2 * self.config.election_timeout + 1
+        deadline = time.monotonic() + (wait if wait is not None else 2 * self.config.election_timeout + 1)
         while chosen != self.id:
             leader = self.core.leader_id
             if leader is not None and leader != self.id:
@@ -519,7 +520,7 @@ class Node:
         """On shutdown: a leader hands leadership to the most up-to-date voter and waits (at most
         about an election timeout) for it to take over, so the cluster barely notices."""
         try:
-            self.transfer_leader(None)
+            self.transfer_leader(None, wait=self.config.election_timeout)
         except ClientError as exc:
             if exc.code != "no_leader":  # not the leader: nothing to hand over
                 log.warning("no leadership transfer before stopping: %s", exc.message)
@@ -637,6 +638,8 @@ class Node:
                 waiter.resolve(fn())
             except ClientError as exc:
                 waiter.fail(exc)
+            except ValueError as exc:  # a member list the core refuses as malformed
+                waiter.fail(ClientError(400, "invalid_request", str(exc)))
         elif kind == "snapshot_failed":
             core.snapshot_failed(event[1])
         elif kind == "compact":
