@@ -23,7 +23,6 @@ SERVER_THREADS = LIMITS.client_threads
 CONNECTION_LIMIT = LIMITS.client_connections
 SNAPSHOT_PATH = "/raft/snapshot"
 NODE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-UNSPECIFIED = ("0.0.0.0", "::", "")
 
 
 def is_loopback(host: str) -> bool:
@@ -47,7 +46,7 @@ def parse_args(argv, default_port: int):
                    help="this node's stable id, [A-Za-z0-9._:-]{1,64} (default: HOST:PORT of its URL)")
     p.add_argument("--advertise-url", default=None,
                    help="the URL other nodes and clients reach this node at (default http://HOST:PORT); "
-                        "needed when listening on 0.0.0.0")
+                        "give it when listening on 0.0.0.0")
     p.add_argument("--join", default=None,
                    help="comma-separated URLs of members of an existing cluster: an empty node asks them "
                         "to add it (as a voter once caught up); --peers is then ignored")
@@ -71,8 +70,6 @@ def parse_args(argv, default_port: int):
         args.advertise_url = args.advertise_url.strip().rstrip("/")
         if not valid_peer_url(args.advertise_url):
             p.error(f"--advertise-url {args.advertise_url!r} must look like http://HOST:PORT")
-    elif args.host in UNSPECIFIED:
-        p.error(f"--advertise-url is required when listening on {args.host!r} (all addresses)")
     own_url = args.advertise_url or f"http://{args.host}:{args.port}"
     if args.node_id is not None and not NODE_ID.fullmatch(args.node_id):
         p.error("--node-id must be 1-64 characters of A-Z a-z 0-9 . _ : -")

@@ -138,7 +138,7 @@ def test_learners_promotion_transfer_removal_and_replacement(tmp_path):
         r = api("POST", follower.url, "/cluster/leader", {"id": learner.id})
         assert r.status_code == 200 and r.json()["leader"] == learner.id, r.text
         assert leader_of(c).id == learner.id
-        r = api("POST", learner.url, "/cluster/leader")
+        r = api("POST", learner.url, "/cluster/leader", {})
         assert r.status_code == 200 and r.json()["leader"] != learner.id, r.text
         leader = leader_of(c)
 
