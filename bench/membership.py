@@ -67,6 +67,15 @@ def bench_join(cfg, workdir: str) -> dict:
         c.stop()
 
 
+def longest_gap(load: WriteLoad, t0: float, t1: float) -> float | None:
+    """The longest stretch without an acknowledged write from `t0` (the stop) to `t1` (the node
+    is back and caught up): wherever it falls, e.g. at the hand-over after the SIGTERM."""
+    acks = sorted(d for s, d, ok in list(load.records) if ok)
+    before = [d for d in acks if d <= t0]
+    inside = [before[-1] if before else t0] + [d for d in acks if t0 < d <= t1]
+    return round(max((b - a for a, b in zip(inside, inside[1:])), default=t1 - inside[0]), 4)
+
+
 def bench_rolling_restart(cfg, workdir: str) -> dict:
     c = Cluster(os.path.join(workdir, "membership-rolling"), n=3, heartbeat=FAST[0], election=FAST[1])
     try:
@@ -86,8 +95,9 @@ def bench_rolling_restart(cfg, workdir: str) -> dict:
                 node.start()
                 c.wait_converged(timeout=30)
                 time.sleep(0.3)  # some acknowledged writes after it is back
-                res = load.analyse(t_stop, time.monotonic())
-                res.update(node=node.id, was_leader=was_leader)
+                t_end = time.monotonic()
+                res = load.analyse(t_stop, t_end)
+                res.update(node=node.id, was_leader=was_leader, max_gap_s=longest_gap(load, t_stop, t_end))
                 per_node.append(res)
                 log(f"rolling restart of {node.id}{' (leader)' if was_leader else ''}: longest gap "
                     f"{res['max_gap_s']} s, {res['failed_requests']} failed requests")
