@@ -154,10 +154,14 @@ class Ready:
     reads: list[tuple[Any, int]] = field(default_factory=list)  # (read_id, index) confirmed
     failed_reads: list[Any] = field(default_factory=list)
     members: list[dict] | None = None  # the configuration in effect, when it changed
+    # The configuration at index 0 (in no log entry), when learned from the leader: persist it
+    # before sending the messages, and pass it as `members` at restart while there is no snapshot.
+    bootstrap_members: list[dict] | None = None
 
     def empty(self) -> bool:
         return not (self.hard_state or self.snapshot or self.entries or self.messages
-                    or self.committed or self.reads or self.failed_reads or self.members is not None)
+                    or self.committed or self.reads or self.failed_reads or self.members is not None
+                    or self.bootstrap_members is not None)
 
 
 class RaftCore:
@@ -210,6 +214,7 @@ class RaftCore:
         self._members_changed = False
         self._use_config()
         self._members_changed = False  # the runtime built us with these
+        self._bootstrap_out: list[dict] | None = None
 
         self._hs_dirty = False
         self._unstable_from: int | None = None
@@ -342,13 +347,26 @@ class RaftCore:
                               "last_index": self.last_index(), "last_term": self.last_term(),
                               "rid": self._next_rid()})
 
+    def _up_to_date(self, vote_req: dict) -> bool:
+        """The candidate's log is at least as up to date as ours (Raft §5.4.1)."""
+        return (vote_req["last_term"], vote_req["last_index"]) >= (self.last_term(), self.last_index())
+
+    def _may_campaign(self) -> bool:
+        """Voters campaign. So does a voter of the previous configuration while a newer one that
+        drops it is not known to be committed: it may be the only node holding that newer entry
+        (a leader removing itself, cut off before the commit), and then none could win without
+        it; as leader it commits the change and steps down (the thesis lets any node campaign)."""
+        if self.id in self.voters:
+            return True
+        return (self.config_index > self.commit_index
+                and any(m["id"] == self.id and m["role"] == VOTER for m in self.config.at(self.config_index - 1)))
+
     def _leader_alive(self) -> bool:
         return self.role == LEADER or (
             self.leader_id is not None and self.now - self.leader_contact < self.election_timeout)
 
     def _on_prevote_req(self, msg: dict) -> None:
-        up_to_date = (msg["last_term"], msg["last_index"]) >= (self.last_term(), self.last_index())
-        grant = msg["term"] > self.term and up_to_date and not self._leader_alive()
+        grant = msg["term"] > self.term and self._up_to_date(msg) and not self._leader_alive()
         self._reply(msg, {"type": VOTE_RESP, "pre": True, "granted": grant,
                           "term": msg["term"] if grant else self.term})
 
@@ -356,7 +374,7 @@ class RaftCore:
         if msg["granted"]:
             if self.prevoting and self.role != LEADER and msg["term"] == self.term + 1 and msg["from"] in self.voters:
                 self.pre_votes.add(msg["from"])
-                if len(self.pre_votes) >= self.quorum():
+                if len(self.pre_votes & self.voters) >= self.quorum():
                     self._start_election()
         elif msg["term"] > self.term:
             self._become_follower(msg["term"], None, reset_timer=False)
@@ -372,7 +390,7 @@ class RaftCore:
         self._hs_dirty = True
         self.votes = {self.id}
         self.election_deadline = self.now + self._random_timeout()
-        if len(self.votes) >= self.quorum():
+        if len(self.votes & self.voters) >= self.quorum():
             self._become_leader()
             return
         for peer in sorted(self.voters - {self.id}):
@@ -415,7 +433,7 @@ class RaftCore:
                 self.next_heartbeat = now + self.heartbeat_interval
                 self._broadcast(heartbeat=True)
         elif now >= self.election_deadline:
-            if self.id not in self.voters:  # a learner, or removed: never campaigns
+            if not self._may_campaign():  # a learner, or removed
                 self.election_deadline = now + self._random_timeout()
             elif self.quorum() > 1:
                 self._start_prevote()
@@ -497,8 +515,10 @@ class RaftCore:
         if sender is None or sender == self.id:
             return
         if mtype == VOTE_REQ:
-            if sender not in self.voters:
-                return  # a removed node, or one we do not know as a voter yet: it must not disrupt us
+            if sender not in self.voters and not self._up_to_date(msg):
+                # A removed node (its log lacks its committed removal, so it is behind ours): it
+                # must not disrupt us. A voter we do not know yet because we are behind is heard.
+                return
             if msg["term"] > self.term and not msg.get("transfer") and not msg.get("pre") and self._leader_alive():
                 return  # leader stickiness (thesis 4.2.3), unless the leader itself asked for this election
         # Requests from a leader are accepted from anyone (a joining node knows no members yet);
@@ -570,6 +590,7 @@ class RaftCore:
         rd.failed_reads, self._reads_failed = self._reads_failed, []
         if self._members_changed:  # for the runtime to route messages to new members
             rd.members, self._members_changed = self.config_at(self.last_index()), False
+        rd.bootstrap_members, self._bootstrap_out = self._bootstrap_out, None
         return rd
 
     def advance(self, rd: Ready) -> None:
@@ -606,8 +627,7 @@ class RaftCore:
         self._send(req["from"], msg)
 
     def _on_vote_req(self, msg: dict) -> None:
-        up_to_date = (msg["last_term"], msg["last_index"]) >= (self.last_term(), self.last_index())
-        grant = (msg["term"] == self.term and self.voted_for in (None, msg["from"]) and up_to_date)
+        grant = msg["term"] == self.term and self.voted_for in (None, msg["from"]) and self._up_to_date(msg)
         if grant:
             if self.voted_for != msg["from"]:
                 self.voted_for = msg["from"]
@@ -615,11 +635,21 @@ class RaftCore:
             self.election_deadline = self.now + self._random_timeout()
         self._reply(msg, {"type": VOTE_RESP, "granted": grant})
 
+    def _adopt_bootstrap_members(self, members: list[dict]) -> None:
+        """Take the leader's configuration at index 0 (a joining node knows none; a node started
+        with a differing bootstrap list is corrected)."""
+        if members == self.config.changes[0][1]:
+            return
+        self.config.changes[0] = (0, members)
+        self._bootstrap_out = members
+        if len(self.config.changes) == 1:
+            self._use_config()
+
     def _on_vote_resp(self, msg: dict) -> None:
         if self.role != CANDIDATE or msg["term"] != self.term or not msg["granted"] or msg["from"] not in self.voters:
             return
         self.votes.add(msg["from"])
-        if len(self.votes) >= self.quorum():
+        if len(self.votes & self.voters) >= self.quorum():
             self._become_leader()
 
     def _on_append_req(self, msg: dict) -> None:
@@ -655,6 +685,8 @@ class RaftCore:
             self._reply(msg, {"type": APPEND_RESP, "success": False, "hint": hint, "match": 0,
                               "seq": msg.get("seq", 0)})
             return
+        if msg["prev_index"] == 0 and self.snap_index == 0:
+            self._adopt_bootstrap_members(normalize_members(msg["members"]))
         index = prev_index
         for term, command in entries:
             index += 1
@@ -749,9 +781,12 @@ class RaftCore:
                               "rid": self._next_rid()})
             return
         prev = nxt - 1
-        self._send(peer, {"type": APPEND_REQ, "prev_index": prev, "prev_term": self.term_at(prev),
-                          "entries": self._batch(nxt), "commit": self.commit_index, "seq": self.seq,
-                          "rid": self._next_rid()})
+        msg = {"type": APPEND_REQ, "prev_index": prev, "prev_term": self.term_at(prev),
+               "entries": self._batch(nxt), "commit": self.commit_index, "seq": self.seq,
+               "rid": self._next_rid()}
+        if prev == 0:  # the bootstrap configuration is in no entry: a joining node learns it here
+            msg["members"] = self.config_at(0)
+        self._send(peer, msg)
 
     def _batch(self, first: int) -> list[list]:
         """Entries from `first` on, as [term, command], within MAX_BATCH and MAX_APPEND_BYTES."""
