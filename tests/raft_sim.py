@@ -586,7 +586,7 @@ class Simulation:
         or a node that is down, add a removed node back, transfer leadership."""
         rng = self.rng
         leaders = [n for n in self.nodes.values() if n.up and n.core.role == LEADER]
-        if not leaders or rng.random() > 0.03:
+        if not leaders or rng.random() > 0.06:
             return
         node = max(leaders, key=lambda n: n.core.term)
         core = node.core
@@ -595,8 +595,10 @@ class Simulation:
         voters = sorted(core.voters)
         learners = sorted(core.learners)
         outsiders = [i for i in self.nodes if i not in ids]
-        op = rng.choice(["add", "add", "promote", "promote", "remove", "remove_leader", "remove_down",
+        op = rng.choice(["add", "add", "promote", "remove", "remove_leader", "remove_down",
                          "remove_learner", "transfer", "transfer_any"])
+        if learners and rng.random() < 0.4:
+            op = "promote"
         if op == "add" and outsiders and rng.random() < 0.5:
             op, new_id = "readd", rng.choice(outsiders)
         elif op == "add" and len(self.nodes) < self.max_nodes:

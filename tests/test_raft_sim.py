@@ -24,9 +24,14 @@ def test_random_schedules_keep_raft_invariants(start):
     if min(CHUNK, SCHEDULES - start) == CHUNK:
         # A checker that is never exercised proves nothing: every chunk must restart nodes,
         # cut logs, snapshot, compact, install snapshots, and load a log whose cut a snapshot
-        # covers while the cut-off suffix reached further than the log (issue 9 item 1).
+        # covers while the cut-off suffix reached further than the log (issue 9 item 1); and
+        # change the membership every way (committing changes, refusing one while another is
+        # uncommitted or before a new leader's first commit), and transfer leadership.
         for what in ("restarts", "probes", "cuts", "snapshots", "compactions", "installs",
-                     "loads_with_cut_under_snapshot"):
+                     "loads_with_cut_under_snapshot", "configs_committed", "config_add", "config_promote",
+                     "config_remove", "config_remove_leader", "config_remove_down", "config_remove_learner",
+                     "config_readd", "refused_change_in_progress", "refused_leader_not_ready", "transfers",
+                     "refused_during_transfer"):
             assert stats[what] > 0, f"schedules {start}..{start + CHUNK - 1} never did {what}: {stats}"
 
 
