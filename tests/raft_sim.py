@@ -706,7 +706,7 @@ class Simulation:
 def run_schedule(seed: int) -> Simulation:
     rng = random.Random(seed)
     sim = Simulation(seed, nodes=rng.choice([1, 3, 3, 5]), steps=rng.choice([150, 300]))
-    sim.membership = rng.random() < 0.5
+    sim.membership = seed % 2 == 0  # odd seeds keep the schedules they had before (seed 11: issue 9 item 1)
     try:
         return sim.run()
     except AssertionError as exc:
