@@ -21,11 +21,13 @@ def members(voters, learners=()):
 
 class Net:
     """Cores that persist every Ready at once and deliver every message, except to nodes that
-    are down. `pump` runs until nothing is left to send; `tick` moves everyone's clock."""
+    are down or across a cut link. `pump` runs until nothing is left to send; `tick` moves
+    everyone's clock."""
 
     def __init__(self, config, extra=(), seed=1):
         self.now = 0.0
         self.down: set[str] = set()
+        self.cut: set[tuple[str, str]] = set()  # (from, to) links that drop everything
         self.sent: list[dict] = []
         ids = [m["id"] for m in config] + list(extra)
         self.cores = {i: RaftCore(i, config if i not in extra else [], election_timeout=ELECTION,
@@ -45,7 +47,7 @@ class Net:
                     self.readies[i].append(rd)
                 for msg in rd.messages:
                     self.sent.append(msg)
-                    if msg["to"] in self.cores and msg["to"] not in self.down:
+                    if msg["to"] in self.cores and msg["to"] not in self.down and (i, msg["to"]) not in self.cut:
                         moved = True
                         self.cores[msg["to"]].step(msg)
             if not moved:
@@ -76,6 +78,24 @@ class Net:
         return [m for m in self.sent[mark:] if (mtype is None or m["type"] == mtype) and (to is None or m["to"] == to)]
 
 
+def votes_only(net, rounds=4):
+    """Deliver (pre)vote requests and replies only; everything else is lost."""
+    for _ in range(rounds):
+        for i, core in net.cores.items():
+            rd = core.ready()
+            core.advance(rd)
+            for msg in rd.messages:
+                if msg["type"] in (VOTE_REQ, VOTE_RESP) and msg["to"] not in net.down \
+                        and (i, msg["to"]) not in net.cut:
+                    net.cores[msg["to"]].step(msg)
+
+
+def isolate(net, *groups):
+    """Cut every link between the groups of nodes."""
+    where = {i: n for n, group in enumerate(groups) for i in group}
+    net.cut = {(x, y) for x in where for y in where if where[x] != where[y]}
+
+
 # ----------------------------------------------------------------- refusals
 def test_a_new_leader_refuses_a_change_until_it_committed_an_entry_of_its_term():
     """Ongaro, raft-dev 2015: a new leader may not know of a change its predecessor started;
@@ -85,21 +105,54 @@ def test_a_new_leader_refuses_a_change_until_it_committed_an_entry_of_its_term()
     net.down = {"c"}
     a.election_deadline = 0.0
     a.tick(0.01)
-    # Hold back the replies to the no-op: let only the vote exchange through.
-    for _ in range(2):
-        for i in ("a", "b"):
-            rd = net.cores[i].ready()
-            net.cores[i].advance(rd)
-            for msg in rd.messages:
-                if msg["type"] in (VOTE_REQ, VOTE_RESP):
-                    net.cores[msg["to"]].step(msg)
+    votes_only(net)  # the no-op's replies are lost
     assert a.role == LEADER and a.commit_index < a.noop_index
     with pytest.raises(ConfigRefused) as refused:
         a.propose_config(members("abc", "d"))
     assert refused.value.code == "leader_not_ready"
-    net.pump()
+    net.tick(0.6)  # the appends are sent again
     assert a.commit_index >= a.noop_index
     a.propose_config(members("abc", "d"))
+
+
+def test_the_first_commit_rule_keeps_two_changes_from_forming_disjoint_majorities():
+    """Ongaro's raft-dev scenario (2015) on four voters: a appends "remove d" and is cut off; b
+    wins term 2 with c's and d's votes, but only d hears from it after. Were b allowed to propose
+    "remove a" at once, {b, d} would commit it (a majority of {b, c, d}) and then a, back with c,
+    would win term 3 with {a, c} (a majority of its {a, b, c}) and overwrite entries committed in
+    term 2. The rule keeps b from changing anything before its no-op commits, which needs 3 of 4."""
+    net = Net(members("abcd"))
+    a = net.elect("a")
+    net.tick(0.3)
+    isolate(net, "a", "bcd")
+    a.propose_config(members("abc"))
+    for core in net.cores.values():
+        core.election_deadline = 100.0  # no one campaigns on their own here
+    for _ in range(6):
+        net.tick(0.3)  # a loses the leadership (check-quorum); b, c, d stop hearing from it
+    assert a.role == "follower" and a.config_index > a.commit_index
+    b = net.cores["b"]
+    b.election_deadline = net.now
+    b.tick(net.now)
+    votes_only(net)  # c and d vote for b; then c hears nothing more from it
+    assert b.role == LEADER and b.term == 2 and b.commit_index < b.noop_index
+    isolate(net, "ac", "bd")
+    try:
+        b.propose_config(members("bcd"))
+    except ConfigRefused as refused:
+        assert refused.code == "leader_not_ready"
+    committed = {}  # index -> entry, as committed by any leader
+    for core in net.cores.values():
+        core.election_deadline = net.now + 1.0 if core.id == "a" else 100.0
+    for _ in range(30):
+        net.tick(0.3)
+        for core in net.cores.values():
+            if core.role == LEADER:
+                for index in range(core.snap_index + 1, core.commit_index + 1):
+                    committed.setdefault(index, core.entry(index))
+                lost = [i for i, e in committed.items() if core.term_at(i) is None or core.entry(i) != e]
+                assert not lost, f"leader {core.id} of term {core.term} lacks committed entries {lost}"
+    assert a.role == LEADER and a.term == 3  # a and c went on, with nothing committed lost
 
 
 def test_at_most_one_uncommitted_change_and_one_member_at_a_time():
