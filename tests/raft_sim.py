@@ -590,9 +590,18 @@ class Simulation:
             return
         node = max(leaders, key=lambda n: n.core.term)
         core = node.core
+        fresh = core.commit_index < core.noop_index
+        if fresh and not getattr(core, "_sim_fresh_cut", False):
+            core._sim_fresh_cut = True
+            if rng.random() < 0.6:
+                # A voter that voted for the new leader hears nothing from it (Ongaro's 2015 bug
+                # needs one): its links from the leader drop everything until the next heal.
+                victim = rng.choice(sorted(core.voters - {node.id}) or [node.id])
+                self.cut |= {(node.id, victim)}
+                self.events.append(f"t={self.now:.2f} {victim} stops hearing from new leader {node.id}")
         # Operators and the runtime's promotion loop act as soon as a leader appears: try often
         # while a new leader has not committed its no-op (the window of Ongaro's 2015 bug).
-        if rng.random() > (0.3 if core.commit_index < core.noop_index else 0.06):
+        if rng.random() > (0.3 if fresh else 0.06):
             return
         members = [dict(m) for m in core.members]
         ids = [m["id"] for m in members]
@@ -602,7 +611,7 @@ class Simulation:
         op = rng.choice(["add", "add", "promote", "remove", "remove_leader", "remove_down",
                          "remove_learner", "transfer", "transfer_any"])
         if learners and rng.random() < 0.4:
-            op = "promote"
+            op = rng.choice(["promote", "promote", "remove_learner"])
         if op == "add" and outsiders and rng.random() < 0.5:
             op, new_id = "readd", rng.choice(outsiders)
         elif op == "add" and len(self.nodes) < self.max_nodes:
