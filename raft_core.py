@@ -11,6 +11,10 @@ Rules the runtime must follow (they make the safety arguments below hold):
      while the leader writes (Raft §10.2.1).
   2. Apply `ready.committed` in order, and a received `ready.snapshot` before them.
   3. Call `advance(ready)` after persisting; only then does the leader count its own copy.
+  4. Route `ready.messages` by the member list in `ready.members` when it is set (a new member
+     gets messages in the same Ready that adds it); persist `ready.bootstrap_members` before
+     sending (see Ready); store `config_at(index)` in the meta of a snapshot taken at `index`
+     and put it in the "members" of an InstallSnapshot sending that snapshot.
 
 Log indexes start at 1. `snap_index`/`snap_term` describe the last entry folded into the
 latest durable snapshot; the in-memory log holds the entries after it.
@@ -18,7 +22,8 @@ latest durable snapshot; the in-memory log holds the entries after it.
 Membership (Raft thesis ch. 4, single-server changes): the configuration is data in the log,
 `{"op": "config", "members": [{"id", "url", "role": "voter"|"learner"}, ...]}`, and takes effect
 as soon as it is in a node's log, committed or not; a snapshot carries the configuration at its
-index. Only voters vote, campaign and count in a quorum; learners just receive the log.
+index. Only voters campaign and count in a quorum (commit, read index, check-quorum); learners
+just receive the log. The state machine skips config entries, like the leader's no-op.
 """
 from __future__ import annotations
 
@@ -99,8 +104,8 @@ def normalize_members(members: list[dict]) -> list[dict]:
 
 
 class ConfigHistory:
-    """The configurations a node's log holds: the one at the snapshot, then one per config entry
-    after it (etcd keeps the like in its tracker). The newest is the one in effect."""
+    """The configurations a node's log holds: the one at the snapshot (or the bootstrap one),
+    then one per config entry after it. The newest is the one in effect."""
 
     def __init__(self, snap_index: int, members: list[dict]):
         self.changes: list[tuple[int, list[dict]]] = [(snap_index, members)]
@@ -206,15 +211,15 @@ class RaftCore:
         for index, (_, command, _) in enumerate(self.log, snap_index + 1):
             if is_config(command):
                 self.config.appended(index, normalize_members(command["members"]))
+        # Derived from the configuration in effect by _use_config; read-only for the runtime.
         self.members: list[dict] = []
         self.voters: set[str] = set()
         self.learners: set[str] = set()
         self.peers: list[str] = []  # every member but us
-        self.config_index = 0  # index of the configuration in effect (the snapshot's: snap_index)
-        self._members_changed = False
+        self.config_index = 0  # index of the configuration in effect (snap_index: the snapshot's)
         self._use_config()
         self._members_changed = False  # the runtime built us with these
-        self._bootstrap_out: list[dict] | None = None
+        self._bootstrap_out: list[dict] | None = None  # learned from the leader, for the next Ready
 
         self._hs_dirty = False
         self._unstable_from: int | None = None
@@ -264,12 +269,11 @@ class RaftCore:
     def quorum(self) -> int:
         return len(self.voters) // 2 + 1
 
-    def _quorum_agrees(self, agrees: Callable[[Progress], bool], self_agrees: bool = True) -> bool:
-        """Whether a majority of the voters agree: each voter peer as `agrees` says of its progress,
-        and we ourselves as `self_agrees` says if we are a voter (a leader being removed is not)."""
+    def _quorum_agrees(self, agrees: Callable[[Progress], bool]) -> bool:
+        """Whether a majority of the voters agree: the leader itself if it is a voter (one being
+        removed is not), and each voter peer whose progress `agrees`."""
         count = sum(1 for v in self.voters if v != self.id and agrees(self.progress[v]))
-        count += self.id in self.voters and self_agrees
-        return count >= self.quorum()
+        return count + (self.id in self.voters) >= self.quorum()
 
     # ----------------------------------------------------------------- configuration
     def config_at(self, index: int) -> list[dict]:
@@ -358,8 +362,8 @@ class RaftCore:
         it; as leader it commits the change and steps down (the thesis lets any node campaign)."""
         if self.id in self.voters:
             return True
-        return (self.config_index > self.commit_index
-                and any(m["id"] == self.id and m["role"] == VOTER for m in self.config.at(self.config_index - 1)))
+        previous = self.config.at(self.config_index - 1) if self.config_index > self.commit_index else []
+        return any(m["id"] == self.id and m["role"] == VOTER for m in previous)
 
     def _leader_alive(self) -> bool:
         return self.role == LEADER or (
@@ -372,7 +376,8 @@ class RaftCore:
 
     def _on_prevote_resp(self, msg: dict) -> None:
         if msg["granted"]:
-            if self.prevoting and self.role != LEADER and msg["term"] == self.term + 1 and msg["from"] in self.voters:
+            if (self.prevoting and self.role != LEADER and msg["term"] == self.term + 1
+                    and msg["from"] in self.voters):
                 self.pre_votes.add(msg["from"])
                 if len(self.pre_votes & self.voters) >= self.quorum():
                     self._start_election()
@@ -519,7 +524,7 @@ class RaftCore:
                 # A removed node (its log lacks its committed removal, so it is behind ours): it
                 # must not disrupt us. A voter we do not know yet because we are behind is heard.
                 return
-            if msg["term"] > self.term and not msg.get("transfer") and not msg.get("pre") and self._leader_alive():
+            if msg["term"] > self.term and not (msg.get("transfer") or msg.get("pre")) and self._leader_alive():
                 return  # leader stickiness (thesis 4.2.3), unless the leader itself asked for this election
         # Requests from a leader are accepted from anyone (a joining node knows no members yet);
         # replies count only where the sender has a role (a progress record, a vote as a voter).
@@ -588,8 +593,8 @@ class RaftCore:
                             enumerate(self.log[first - self.snap_index - 1:upto - self.snap_index], first)]
         rd.reads, self._reads_done = self._reads_done, []
         rd.failed_reads, self._reads_failed = self._reads_failed, []
-        if self._members_changed:  # for the runtime to route messages to new members
-            rd.members, self._members_changed = self.config_at(self.last_index()), False
+        if self._members_changed:
+            rd.members, self._members_changed = [dict(m) for m in self.members], False
         rd.bootstrap_members, self._bootstrap_out = self._bootstrap_out, None
         return rd
 
@@ -646,7 +651,8 @@ class RaftCore:
             self._use_config()
 
     def _on_vote_resp(self, msg: dict) -> None:
-        if self.role != CANDIDATE or msg["term"] != self.term or not msg["granted"] or msg["from"] not in self.voters:
+        if (self.role != CANDIDATE or msg["term"] != self.term or not msg["granted"]
+                or msg["from"] not in self.voters):
             return
         self.votes.add(msg["from"])
         if len(self.votes & self.voters) >= self.quorum():

@@ -243,7 +243,8 @@ class SimNode:
 
     def holds(self, index: int, term: int) -> bool:
         """Whether every state the node may come back in holds entry `index` of `term`."""
-        return all(img.snap_index >= index or (index <= img.last_index() and img.log[index - img.snap_index - 1][0] == term)
+        return all(img.snap_index >= index
+                   or (index <= img.last_index() and img.log[index - img.snap_index - 1][0] == term)
                    for img in self.durable)
 
     def crash(self, power_loss: bool) -> None:
