@@ -75,6 +75,45 @@ def test_checker_catches_stale_read():
         sim.check_read(sim.nodes["n0"], 9, 11)
 
 
+def test_checker_catches_a_commit_that_no_majority_of_voters_holds():
+    sim = Simulation(1, nodes=3)
+    for node in sim.nodes.values():
+        node.start()
+    leader = sim.nodes["n0"].core
+    leader.role, leader.term = "leader", 1
+    sim.observe(sim.nodes["n0"])
+    leader.log.append((1, {"op": "set", "v": 1}, None))
+    leader.commit_index = 1  # as if a learner's or its own unsynced copy had counted
+    with pytest.raises(InvariantViolation, match="held durably only by voters"):
+        sim.observe(sim.nodes["n0"])
+
+
+def test_checker_catches_a_snapshot_without_the_configuration_at_its_index():
+    sim = Simulation(1, nodes=3)
+    grown = sim.initial + [{"id": "n3", "url": "sim://n3", "role": "learner"}]
+    sim.record_apply(sim.nodes["n0"], 1, 1, {"op": "config", "members": grown})
+    sim.check_snapshot_members(sim.nodes["n1"], 1, grown, "saves")
+    with pytest.raises(InvariantViolation, match="snapshot at 1 with members"):
+        sim.check_snapshot_members(sim.nodes["n1"], 1, sim.initial, "installs")
+
+
+def test_checker_catches_a_removed_node_that_leads_again():
+    sim = Simulation(1, nodes=3)
+    for node in sim.nodes.values():
+        node.start()
+    removal = {"op": "config", "members": sim.initial[:2]}  # n2 is removed at index 1
+    sim.record_apply(sim.nodes["n0"], 1, 1, removal)
+    sim.commit_terms[1] = 1
+    n2 = sim.nodes["n2"].core
+    n2.role, n2.term = "leader", 2
+    with pytest.raises(InvariantViolation, match="without the configuration committed at 1"):
+        sim.observe(sim.nodes["n2"])
+    n2._append(1, removal)
+    n2._sim_checked_term = None
+    with pytest.raises(InvariantViolation, match="removed it"):
+        sim.observe(sim.nodes["n2"])
+
+
 def test_checker_catches_a_disk_that_loses_fsynced_entries(monkeypatch):
     """A disk that acknowledges fsyncs without making anything durable (as some do)."""
     monkeypatch.setattr(FaultAppendFile, "sync", lambda self: None)
