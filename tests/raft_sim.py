@@ -584,7 +584,10 @@ class Simulation:
     def membership_step(self) -> None:
         """One membership change or leadership transfer at the leader, now and then: add a
         learner (a new, empty node), promote one, remove a voter (the leader too) or a learner
-        or a node that is down, add a removed node back, transfer leadership."""
+        or a node that is down, add a removed node back (with the disk it had), transfer
+        leadership (to a named voter or the most up-to-date one). With them come the faults
+        that make changes dangerous: a leader cut off with its change uncommitted, and a voter
+        that elects a new leader but then hears nothing from it."""
         rng = self.rng
         leaders = [n for n in self.nodes.values() if n.up and n.core.role == LEADER]
         if not leaders:
@@ -609,17 +612,15 @@ class Simulation:
         voters = sorted(core.voters)
         learners = sorted(core.learners)
         outsiders = [i for i in self.nodes if i not in ids]
-        op = rng.choice(["add", "add", "promote", "remove", "remove_leader", "remove_down",
+        op = rng.choice(["add", "add", "readd", "promote", "remove", "remove_leader", "remove_down",
                          "remove_learner", "transfer", "transfer_any"])
         if learners and rng.random() < 0.4:
             op = rng.choice(["promote", "promote", "remove_learner"])
-        if op == "add" and outsiders and rng.random() < 0.5:
+        if op in ("add", "readd") and outsiders and rng.random() < 0.7:
             op, new_id = "readd", rng.choice(outsiders)
-        elif op == "add" and len(self.nodes) < self.max_nodes:
-            new_id = f"n{len(self.nodes)}"
-            self.nodes[new_id] = SimNode(self, new_id, [])  # empty; it learns the configuration
-            self.nodes[new_id].start()
-        elif op == "add":
+        elif op in ("add", "readd") and len(self.nodes) < self.max_nodes:
+            op, new_id = "add", f"n{len(self.nodes)}"
+        elif op in ("add", "readd"):
             return
         target = None
         if op in ("add", "readd"):
@@ -649,8 +650,8 @@ class Simulation:
             return
         try:
             index, _ = core.propose_config(members)
-        except (ConfigRefused, TransferInProgress) as exc:
-            self.stats[f"refused_{getattr(exc, 'code', 'transfer')}"] += 1
+        except ConfigRefused as exc:
+            self.stats[f"refused_{exc.code}"] += 1
             return
         self.stats[f"config_{op}"] += 1
         self.events.append(f"t={self.now:.2f} {node.id} proposes {op} {target} at {index}: "
@@ -662,7 +663,9 @@ class Simulation:
             self.cut = {(a, b) for a in self.nodes for b in self.nodes if (a in side) != (b in side)}
             self.heal_at = self.now + rng.uniform(1.5, 3.0) * ELECTION
             self.events.append(f"t={self.now:.2f} partition {sorted(side)} with its change uncommitted")
-        if op == "readd" and not self.nodes[target].up:
+        if op == "add":
+            self.nodes[target] = SimNode(self, target, [])  # empty: it learns the configuration
+        if not self.nodes[target].up and op in ("add", "readd"):
             self.nodes[target].start()
         self.observe(node)
 
