@@ -363,6 +363,7 @@ class Simulation:
         self.net: list[tuple[float, int, dict]] = []
         self.msg_seq = 0
         self.cut: set[tuple[str, str]] = set()  # directed links that drop everything
+        self.broken: dict[tuple[str, str], float] = {}  # directed links that drop everything until then
         self.heal_at: float | None = None
         self.leaders: dict[int, str] = {}
         self.committed: dict[int, tuple[int, object]] = {}  # index -> (term, cmd) as applied
@@ -379,7 +380,8 @@ class Simulation:
 
     # ------------------------------------------------------------- network
     def send(self, msg: dict) -> None:
-        if (msg["from"], msg["to"]) in self.cut or self.rng.random() < self.p_drop:
+        link = (msg["from"], msg["to"])
+        if link in self.cut or self.broken.get(link, 0.0) > self.now or self.rng.random() < self.p_drop:
             if msg["type"] == SNAP_REQ:  # the runtime's sender reports a snapshot it failed to deliver
                 self.msg_seq += 1
                 report = {"type": "snapshot_failed", "to": msg["from"], "peer": msg["to"]}
@@ -598,10 +600,10 @@ class Simulation:
         if fresh and not getattr(core, "_sim_fresh_cut", False):
             core._sim_fresh_cut = True
             if rng.random() < 0.6:
-                # A voter that voted for the new leader hears nothing from it (Ongaro's 2015 bug
-                # needs one): its links from the leader drop everything until the next heal.
+                # A voter that voted for the new leader hears nothing from it for a while, partitions
+                # and heals notwithstanding (Ongaro's 2015 bug needs one).
                 victim = rng.choice(sorted(core.voters - {node.id}) or [node.id])
-                self.cut |= {(node.id, victim)}
+                self.broken[(node.id, victim)] = self.now + rng.uniform(2.0, 6.0) * ELECTION
                 self.events.append(f"t={self.now:.2f} {victim} stops hearing from new leader {node.id}")
         # Operators and the runtime's promotion loop act as soon as a leader appears: try often
         # while a new leader has not committed its no-op (the window of Ongaro's 2015 bug).
@@ -702,6 +704,7 @@ class Simulation:
         # Heal everything, stop the clients and demand progress: one leader that has committed
         # an entry of its term, and every node caught up with it.
         self.cut = set()
+        self.broken = {}
         self.p_drop = self.p_dup = 0.0
         self.faults = False
         for node in self.nodes.values():
