@@ -11,10 +11,20 @@ lost), the disk fills up, and nodes restart from what Storage.load() returns. Ev
 restart or in a probe (a virtual power loss on a copy of the disk after every snapshot, install
 and compaction), must give what the node had made durable: its hard state, snapshot and log.
 
+Half the schedules (the even seeds) also change the membership at the leader: add learners
+(new, empty nodes that learn the configuration from the leader), promote them, remove voters
+(the leader too), learners and nodes that are down, add removed nodes back, and transfer
+leadership; a leader is cut off with its change uncommitted, and a voter stops hearing from a
+new leader it elected. Snapshots carry the configuration at their index, as the runtime's do.
+
 After every step the invariants of the Raft paper (Figure 3) are checked:
   election safety, log matching, leader completeness, state-machine safety,
-plus read-index linearizability (a confirmed read covers every acknowledged write)
-and, once the faults stop, liveness (a leader emerges and every node catches up).
+plus read-index linearizability (a confirmed read covers every acknowledged write),
+configuration agreement (nodes whose logs agree agree on the configuration there, snapshots
+included; a snapshot carries the committed configuration at its index), quorums of voters only
+(a leader's commit index is held durably by a majority of its voters) and no comeback (a node
+removed by a committed change leads again only after a later change made it a voter),
+and, once the faults stop, liveness (a leader emerges and every member catches up).
 """
 from __future__ import annotations
 
