@@ -654,6 +654,8 @@ class Node:
         if rd.empty():
             self._drop_unanswered()
             return False
+        if rd.bootstrap_members is not None:  # the leader's configuration at index 0: durable before we answer
+            self.storage.save_cluster({"cluster_id": self.cluster_id, "members": rd.bootstrap_members})
         if rd.members is not None:  # before sending: a new member gets its messages
             self._follow_members(rd.members)
             log.info("configuration in effect: %s", describe_members(rd.members))

@@ -156,6 +156,9 @@ class Codec:
                     return "an entry is not [term, command object]"
                 if is_config(entry[1]) and (members_problem := _members_problem(entry[1].get("members"))):
                     return f"a configuration entry is malformed: {members_problem}"
+        if mtype == APPEND_REQ and msg["prev_index"] == 0 and (members_problem := _members_problem(msg.get("members"))):
+            # From the start of the log, the leader's bootstrap configuration (in no entry) comes along.
+            return f"field 'members' is malformed: {members_problem}"
         if mtype == SNAP_REQ and (members_problem := _members_problem(msg.get("members"))):
             return f"field 'members' is malformed: {members_problem}"
         return None

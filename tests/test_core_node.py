@@ -101,7 +101,7 @@ def test_a_request_a_browser_could_send_never_reaches_the_log(nodes, headers, ca
     node = nodes(peers, http=True)
     forged = {"type": "append_req", "from": peer_id(peers[0]), "to": node.id, "term": 1, "prev_index": 0,
               "prev_term": 0, "entries": [[1, {"op": "set", "key": "forged", "value": 1}]],
-              "commit": 1, "seq": 0, "rid": 1}
+              "commit": 1, "seq": 0, "rid": 1, "members": node.core.members}
     with caplog.at_level(logging.WARNING, logger="pickledb_cluster"):
         r = requests.post(node.url + "/replicate", data=orjson.dumps(forged), headers=headers, timeout=5)
     assert r.status_code == 403 and r.json()["error"] == "forbidden", r.text

@@ -68,6 +68,8 @@ def test_growing_to_five_and_restarting_the_old_three_keeps_every_acknowledged_w
         for node in added:
             wait_for(lambda: roles(leader.url).get(node.id) == "voter", 30, f"{node.id} to become a voter")
         assert cluster_id(added[0]) == cluster_id(c.nodes[0])  # adopted and persisted
+        with open(os.path.join(added[0].data_dir, "cluster.json")) as f:  # and the bootstrap configuration
+            assert {m["id"] for m in json.load(f)["members"]} == {n.id for n in c.nodes[:3]}
         # Kill two of the original three (not the leader), write: committed by the other three of five.
         old = [n for n in c.nodes[:3] if n is not leader]
         for n in old:
