@@ -7,6 +7,10 @@ plain socket, and a WSGI function that skips Flask. Every message is checked by 
 directions (plain type checks, no schema library): the receiver checks requests, the sender checks
 the replies it gets, so nothing malformed ever reaches the Raft core.
 
+Every request carries the sender's node id (X-PickleDB-Peer) and cluster id (X-PickleDB-Cluster);
+a node answers another cluster's message with 409 cluster_mismatch (Node.check_cluster). Senders
+follow the configuration: one per member, created and retired as Ready.members changes.
+
 Node-to-node endpoints refuse anything a browser can send, with or without a cluster secret:
 browsers attach Origin and Sec-Fetch-* headers and, without a CORS preflight (which these
 endpoints never grant), can neither set a custom header nor declare a JSON body.
