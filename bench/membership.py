@@ -1,8 +1,8 @@
 """Membership benchmarks (a section of bench/run.py): how long a new node takes to join a loaded
 cluster and become a voter, and the longest write gap of a rolling restart.
 
-    section(cfg) -> dict   with cfg from bench/run.py's config() (scale_big, failover_clients,
-                           smoke, workdir...)
+    section(cfg, workdir=None) -> dict   with cfg from bench/run.py's config() (scale_big,
+                                         failover_clients; workdir: where data dirs go)
 
 join: a 3-node cluster (heartbeat 0.1 s / election 0.6 s) holding cfg.scale_big tasks; a fresh
   node started with --join; seconds from its process start until the leader lists it as a
@@ -115,6 +115,6 @@ def bench_rolling_restart(cfg, workdir: str) -> dict:
         c.stop()
 
 
-def section(cfg) -> dict:
-    workdir = getattr(cfg, "workdir", None) or tempfile.mkdtemp(prefix="bench-membership-")
+def section(cfg, workdir: str | None = None) -> dict:
+    workdir = workdir or getattr(cfg, "workdir", None) or tempfile.mkdtemp(prefix="bench-membership-")
     return {"join": bench_join(cfg, workdir), "rolling_restart": bench_rolling_restart(cfg, workdir)}
