@@ -221,15 +221,16 @@ def forward():
     c = ctx()
     node, peers_http = c.node, c.peers_http
     leader = node.core.leader_id
-    if request.headers.get(FORWARDED_HEADER) or leader is None or leader == node.id:
+    leader_url = node.url_of(leader)  # raft ids are node ids, not URLs
+    if request.headers.get(FORWARDED_HEADER) or leader_url is None or leader == node.id:
         raise no_leader()
     prepared = peers_http.prepare_request(requests.Request(
-        request.method, leader, data=request.get_data(cache=True),
+        request.method, leader_url, data=request.get_data(cache=True),
         headers={**{name: request.headers[name] for name in FORWARDED_REQUEST_HEADERS if name in request.headers},
                  "Content-Type": "application/json", FORWARDED_HEADER: node.id,
-                 "Host": urlsplit(leader).netloc}))  # the route may be a proxy's address
+                 "Host": urlsplit(leader_url).netloc}))  # the route may be a proxy's address
     # Set after prepare(), which would decode %2e and remove dot segments.
-    prepared.url = node.routes.get(leader, leader) + request_target(request.environ)
+    prepared.url = node.routes.get(leader, leader_url) + request_target(request.environ)
     try:
         resp = peers_http.send(prepared, timeout=node.request_timeout + 2, allow_redirects=False)
     except requests.RequestException as exc:

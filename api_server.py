@@ -50,8 +50,8 @@ def served_names(node: Node, extra_hosts=()) -> tuple[set[str], set[str]]:
     port, and `extra_hosts` ("name" with this node's port, or "name:port"). Origins: the pages
     of any node of the cluster: this node under any of its host names, and each peer's URL
     (with every loopback name when its host is one)."""
-    port = urlsplit(node.id).port
-    names = {*LOOPBACK_NAMES, host_name(node.id), *map(host_name, node.config.peers)}
+    port = urlsplit(node.url).port
+    names = {*LOOPBACK_NAMES, host_name(node.url), *map(host_name, node.config.peers)}
     hosts = {authority(name, port) for name in names}
     for extra in extra_hosts:
         extra = extra.lower()
