@@ -114,7 +114,7 @@ def read_auth_file(path: str) -> list[dict]:
         if mode & stat.S_IWOTH:
             raise AuthFileError(f"auth file {path} is writable by every user: anyone could add a token "
                                 f"(chmod o-w {path})")
-        with os.fdopen(os.dup(fd), "rb") as f:
+        with open(fd, "rb", closefd=False) as f:
             raw = f.read()
     except OSError as exc:
         raise AuthFileError(f"cannot read auth file {path}: {exc.strerror or exc}")
