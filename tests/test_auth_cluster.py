@@ -34,8 +34,8 @@ class AuthNode(NodeProc):
 class AuthCluster(Cluster):
     """Every node has its own copy of the auth file, so one can be changed alone."""
 
-    def __init__(self, root, auth_file: str, reader_token: str):
-        super().__init__(root, n=3, base_port=BASE_PORT, secret=SECRET, heartbeat=0.1, election=1.5)
+    def __init__(self, root, auth_file: str, reader_token: str, base_port: int = BASE_PORT, secret: str | None = SECRET):
+        super().__init__(root, n=3, base_port=base_port, secret=secret, heartbeat=0.1, election=1.5)
         self.nodes = [AuthNode(self, node.index, node.port) for node in self.nodes]
         for node in self.nodes:
             node.auth_file = os.path.join(self.root, f"auth_{node.port}.json")
@@ -71,9 +71,11 @@ def roles(cluster):
     return leader, [n for n in cluster.nodes if n is not leader]
 
 
-def rewrite(node, tokens_path, keep: dict):
-    """The node's auth file with only the entries named in `keep`, each with the given role."""
-    entries = [dict(entry, role=keep[entry["name"]]) for entry in read_auth_file(tokens_path) if entry["name"] in keep]
+def rewrite(node, tokens_path, keep: dict, new_digests=()):
+    """The node's auth file with only the entries named in `keep`, each with the given role (and
+    a digest of another token for the names in `new_digests`), then SIGHUP."""
+    entries = [dict(entry, role=keep[entry["name"]], **({"sha256": "f" * 64} if entry["name"] in new_digests else {}))
+               for entry in read_auth_file(tokens_path) if entry["name"] in keep]
     with open(node.auth_file + ".new", "w") as f:
         json.dump({"tokens": entries}, f)
     os.chmod(node.auth_file + ".new", 0o600)
@@ -106,6 +108,13 @@ def test_follower_checks_the_token_and_forwards_the_identity(cluster, tokens):
 def test_sighup_reloads_the_auth_file(cluster, tokens):
     path, made = tokens
     leader, (follower, _) = roles(cluster)
+    # The leader knows the writer by name but not this token: the follower vouches for the caller,
+    # the token itself never reaches the leader.
+    rewrite(leader, path, {"reader": "read", "writer": "write", "boss": "admin"}, new_digests={"writer"})
+    wait_for(lambda: requests.get(leader.url + "/tasks", headers=bearer(made["writer"]), timeout=5).status_code == 401,
+             10, "the leader to reload its auth file")
+    r = requests.post(follower.url + "/tasks", json={"title": "vouched"}, headers=bearer(made["writer"]), timeout=10)
+    assert r.status_code == 201, r.text
     # The leader drops the writer: a follower still accepts the token but the leader refuses its
     # identity (revocation on the leader reaches forwarded requests too).
     rewrite(leader, path, {"reader": "read", "boss": "admin"})
@@ -132,6 +141,24 @@ def test_sighup_reloads_the_auth_file(cluster, tokens):
     r = requests.get(follower.url + "/tasks?consistency=stale", headers=bearer(made["boss"]), timeout=5)
     assert r.status_code == 200 and follower.alive
     assert made["boss"] not in follower.log_tail(1000) and made["writer"] not in leader.log_tail(1000)
+
+
+def test_without_a_secret_the_leader_checks_the_token_again(tmp_path, tokens):
+    """Loopback dev mode: no key to sign an identity with, so the token itself is forwarded."""
+    path, made = tokens
+    with AuthCluster(tmp_path, path, made["reader"], base_port=BASE_PORT + 30, secret=None) as cluster:
+        leader, (follower, _) = roles(cluster)
+        r = requests.post(follower.url + "/tasks", json={"title": "t"}, headers=bearer(made["writer"]), timeout=10)
+        assert r.status_code == 201, r.text
+        r = requests.post(follower.url + "/tasks", json={"title": "t"}, headers=bearer(made["reader"]), timeout=10)
+        assert r.status_code == 403, r.text
+        rewrite(leader, path, {"reader": "read"})
+        wait_for(lambda: requests.get(leader.url + "/tasks", headers=bearer(made["writer"]), timeout=5).status_code
+                 == 401, 10, "the leader to reload its auth file")
+        r = requests.post(follower.url + "/tasks", json={"title": "t"}, headers=bearer(made["writer"]), timeout=10)
+        assert r.status_code == 401 and r.json()["message"] == "unknown or revoked token", r.text
+        forged = {IDENTITY_HEADER: "boss:admin", IDENTITY_SIGNATURE_HEADER: "1700000000:00"}
+        assert requests.get(follower.url + "/tasks", headers=forged, timeout=10).status_code == 401
 
 
 def start_node(port: int, *extra: str, host: str = "127.0.0.1") -> subprocess.Popen:
