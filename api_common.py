@@ -37,7 +37,9 @@ FORWARDED_REQUEST_HEADERS = ("Authorization", "Idempotency-Key", "If-Match", "If
 # What a browser page of the cluster may send (CORS preflight).
 ALLOWED_REQUEST_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", "If-Match", "If-None-Match",
                            "Last-Event-ID")
-RELAYED_HEADERS = ("Retry-After", NEXT_OFFSET_HEADER, TOTAL_HEADER, "ETag", "Location", "WWW-Authenticate")
+RELAYED_HEADERS = ("Retry-After", NEXT_OFFSET_HEADER, TOTAL_HEADER, "ETag", "Location", "WWW-Authenticate",
+                   "Idempotent-Replayed", "Content-Disposition", "X-PickleDB-Backup-Index",
+                   "X-PickleDB-Backup-SHA256", "X-PickleDB-Cluster")
 PRINTABLE_ASCII = "".join(map(chr, range(0x21, 0x7F)))
 FORWARD_POOL = 16  # connections from this node to the leader for forwarded requests
 SSE_MAX_STREAMS = 16  # open event streams per node; more get 503 too_many_streams
@@ -251,7 +253,8 @@ def forward():
         # The leader may have received and applied it before the connection broke.
         raise ClientError(503, "unknown_outcome", f"lost the connection to the leader {leader}; "
                           "the write may or may not have been applied", retry_after=1)
-    headers = {k: v for k, v in resp.headers.items() if k in RELAYED_HEADERS}
+    # waitress spells names its own way (ETag as Etag): look them up case-insensitively.
+    headers = {name: resp.headers[name] for name in RELAYED_HEADERS if name in resp.headers}
     return Response(resp.content, status=resp.status_code, headers=headers,
                     mimetype=resp.headers.get("Content-Type", "application/json"))
 

@@ -67,7 +67,7 @@ def served_names(node: Node, extra_hosts=()) -> tuple[set[str], set[str]]:
 
 
 def create_app(node: Node, extra_hosts=(), authenticator: Authenticator | None = None) -> Flask:
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the dashboard is one file; nothing else is served
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.json.sort_keys = False
     app.url_map.merge_slashes = False  # no redirects (Flask sends them as HTML); /jobs/a//b reads key "a//b"
@@ -157,7 +157,7 @@ def create_app(node: Node, extra_hosts=(), authenticator: Authenticator | None =
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     undeclared = sorted(rule.rule for rule in app.url_map.iter_rules()
-                        if rule.endpoint != "static" and permission_of(app.view_functions[rule.endpoint]) is None)
+                        if permission_of(app.view_functions[rule.endpoint]) is None)
     if undeclared:
         raise RuntimeError(f"routes without a declared permission: {', '.join(undeclared)}")
     app.wsgi_app = raft_rpc(node, app)
