@@ -218,6 +218,16 @@ def test_a_body_slower_than_the_minimum_rate_is_cut_off(serve):
         assert_json_error(read_response(sock), 408, "request_timeout")
 
 
+def test_a_tls_handshake_on_the_plain_port_is_answered_at_once(serve):
+    server, _ = serve()
+    started = time.monotonic()
+    hello = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"  # the start of a ClientHello, no line end
+    doc = assert_json_error(exchange(server.port, hello), 400, "bad_request")
+    assert "http://" in doc["message"] and time.monotonic() - started < 1  # not at the head deadline
+    with pytest.raises(requests.exceptions.SSLError, match="(?i)wrong.version.number"):
+        requests.get(f"https://127.0.0.1:{server.port}/", timeout=5)
+
+
 def test_a_connection_that_never_sends_a_request_is_closed(serve):
     server, _ = serve(head_timeout=1)
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
