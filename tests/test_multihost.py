@@ -1,5 +1,6 @@
 """Three nodes as three hosts: one network namespace each, joined by veth links to a bridge, on
-documentation-range addresses (192.0.2.0/24), speaking HTTPS with mutual TLS between nodes.
+documentation-range addresses (198.51.100.0/24: CI machines, this one included, may use
+192.0.2.0/24 themselves; the test refuses to run on a subnet in use), speaking HTTPS with mutual TLS between nodes.
 Writes, reads, the leader killed, a host cut off by taking its link down and healed: nothing
 acknowledged is lost. A peer with a certificate from another CA is refused. Needs root (CI runs
 as root); the namespaces, links and bridge go away in a finally, even when the test fails."""
@@ -19,7 +20,7 @@ from harness import ROOT, wait_for
 from tls_certs import make_ca, make_node_cert
 
 PORT = 23500  # the same port on every host, as on real machines
-SUBNET = "192.0.2"
+SUBNET = "198.51.100"
 BRIDGE_ADDRESS = f"{SUBNET}.1"  # the test (an API client) talks from the root namespace
 SECRET = "multihost-secret"
 HEARTBEAT, ELECTION = 0.1, 0.6
@@ -41,6 +42,9 @@ class Network:
         self.addresses = [f"{SUBNET}.{11 + i}" for i in range(hosts)]
 
     def create(self) -> None:
+        in_use = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, check=True).stdout
+        if f" {SUBNET}." in in_use:
+            raise RuntimeError(f"{SUBNET}.0/24 is in use on this machine: the test would disturb it")
         ip("link", "add", self.bridge, "type", "bridge")
         ip("addr", "add", f"{BRIDGE_ADDRESS}/24", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
