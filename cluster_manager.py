@@ -28,7 +28,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
@@ -51,11 +50,10 @@ class NodeConfig:
     first_election_timeout: float | None = None
     cluster_secret: str | None = None
     snapshot_every: int = 10000
-    tls: Any = None  # tls.NodeTLS: HTTPS, and TLS (mutual with a CA) to the peers
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
 
 class ClientError(RequestRefused):
@@ -174,7 +172,7 @@ class Node:
         self.change_seq = 0
         self.status_view: dict = {}
         self.transport = Transport(
-            self.id, self.routes, secret=config.cluster_secret, tls=config.tls, election_timeout=config.election_timeout,
+            self.id, self.routes, secret=config.cluster_secret, election_timeout=config.election_timeout,
             heartbeat_interval=config.heartbeat_interval, stopping=self.stopping,
             on_message=lambda msg: self.submit(("msg", msg, None)),
             on_snapshot_failed=lambda peer: self.submit(("snapshot_failed", peer)),

@@ -13,7 +13,6 @@ import sys
 import unicodedata
 from urllib.parse import urlsplit
 
-import tls
 from http_server import HTTPServer, Limits
 
 DEFAULT_PORTS = (4000, 4001, 4002)
@@ -45,11 +44,7 @@ def parse_args(argv, default_port: int):
     p.add_argument("--cluster-secret", default=os.environ.get("PICKLEDB_CLUSTER_SECRET") or None,
                    help="shared secret for node-to-node requests (default: $PICKLEDB_CLUSTER_SECRET; "
                         "an empty variable counts as unset)")
-    tls.add_arguments(p)
     args = p.parse_args(argv)
-    for problem in tls.validate(args):
-        p.error(problem)
-    scheme = tls.scheme(args)
     if not 0 < args.port < 65536:
         p.error("--port must be between 1 and 65535")
     if not all(math.isfinite(t) and t > 0 for t in (args.heartbeat_interval, args.election_timeout)):
@@ -59,15 +54,15 @@ def parse_args(argv, default_port: int):
     if args.peers is None:
         if args.port not in DEFAULT_PORTS:
             p.error(f"--peers is required when --port is not one of {DEFAULT_PORTS}")
-        args.peers = ",".join(f"{scheme}://{args.host}:{q}" for q in DEFAULT_PORTS if q != args.port)
+        args.peers = ",".join(f"http://{args.host}:{q}" for q in DEFAULT_PORTS if q != args.port)
     args.peer_list = [u.strip().rstrip("/") for u in args.peers.split(",") if u.strip()]
     for url in args.peer_list:
-        if not valid_peer_url(url, scheme):
-            p.error(f"peer URL {url!r} must look like {scheme}://HOST:PORT (port 1-65535, nothing after it)")
+        if not valid_peer_url(url):
+            p.error(f"peer URL {url!r} must look like http://HOST:PORT (port 1-65535, nothing after it)")
     if len(set(args.peer_list)) != len(args.peer_list):
         p.error("--peers lists a URL twice")
-    if f"{scheme}://{args.host}:{args.port}" in args.peer_list:
-        p.error(f"--peers must list the other nodes, not this one ({scheme}://{args.host}:{args.port})")
+    if f"http://{args.host}:{args.port}" in args.peer_list:
+        p.error(f"--peers must list the other nodes, not this one (http://{args.host}:{args.port})")
     if args.cluster_secret is not None:
         problem = secret_problem(args.cluster_secret)
         if problem:
@@ -77,14 +72,14 @@ def parse_args(argv, default_port: int):
     return args
 
 
-def valid_peer_url(url: str, scheme: str = "http") -> bool:
+def valid_peer_url(url: str) -> bool:
     parts = urlsplit(url)
     try:
         port = parts.port
     except ValueError:  # not a number, or out of range
         return False
     # A node's identity is exactly http://HOST:PORT: anything after it would never match.
-    return (parts.scheme == scheme and bool(parts.hostname) and port is not None and 0 < port
+    return (parts.scheme == "http" and bool(parts.hostname) and port is not None and 0 < port
             and not (parts.path or parts.query or parts.fragment or parts.username or parts.password)
             and "#" not in url and "?" not in url)  # an empty query or fragment too
 
@@ -144,10 +139,6 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
     snapshot_every = os.environ.get("PICKLEDB_SNAPSHOT_EVERY", "10000")
     if not (snapshot_every.isdigit() and int(snapshot_every) > 0):
         return fail(f"PICKLEDB_SNAPSHOT_EVERY must be a positive integer, not {snapshot_every!r}")
-    try:
-        node_tls = tls.load(args)
-    except tls.TLSError as exc:
-        return fail(str(exc))
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{args.port}] %(levelname)s %(name)s: %(message)s")
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     config = NodeConfig(
@@ -155,7 +146,7 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
         data_dir=args.data_dir or os.path.join("data", f"node_{args.port}"),
         heartbeat_interval=args.heartbeat_interval, election_timeout=args.election_timeout,
         first_election_timeout=(args.election_timeout * first_election_factor if first_election_factor else None),
-        cluster_secret=args.cluster_secret, tls=node_tls,
+        cluster_secret=args.cluster_secret,
         snapshot_every=int(snapshot_every))
     try:
         node = Node(config)
@@ -166,7 +157,7 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
     try:
         server = HTTPServer(create_app(node), args.host, args.port, peer_routes(),
                             limits=dataclasses.replace(LIMITS, client_body=MAX_BODY),
-                            peer_auth=peer_auth(args.cluster_secret), on_stop=node.begin_shutdown, tls=node_tls)
+                            peer_auth=peer_auth(args.cluster_secret), on_stop=node.begin_shutdown)
     except (OSError, ValueError) as exc:  # in use, not an address of this machine
         node.storage.close()
         reason = describe(exc) if isinstance(exc, OSError) else str(exc)
@@ -176,8 +167,6 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
         server.stop()
     signal.signal(signal.SIGTERM, shut_down)
     signal.signal(signal.SIGINT, shut_down)
-    if node_tls is not None:
-        signal.signal(signal.SIGHUP, lambda signum, frame: node_tls.reload_logged())
     node.start()
     logging.getLogger("pickledb_cluster.node").info(
         "node %s serving (peers: %s; data: %s)", config.url, ", ".join(config.peers) or "none", config.data_dir)
