@@ -231,7 +231,8 @@ class _Channel(HTTPChannel):
         HTTPChannel.handle_close(self)
 
     def received(self, data):
-        if not self.served and self.request is None and data[:1] == TLS_RECORD_TYPE_HANDSHAKE:
+        if (not self.served and self.request is None and data[:1] == TLS_RECORD_TYPE_HANDSHAKE
+                and self.owner.tls is None):
             self.answer_and_close(400, "this port speaks plain HTTP, not TLS: use http://", linger=True)
             return False
         return super().received(data)
@@ -353,6 +354,8 @@ class _TLSChannel(_Channel):
         if not isinstance(self.socket, ssl.SSLSocket):
             try:
                 first = self.socket.recv(1, socket.MSG_PEEK)
+            except BlockingIOError:
+                return
             except OSError:
                 first = b""
             if not first:
