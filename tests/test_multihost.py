@@ -1,8 +1,9 @@
 """Three nodes as three hosts: one network namespace each, joined by veth links to a bridge, on
 documentation-range addresses (198.51.100.0/24: CI machines, this one included, may use
 192.0.2.0/24 themselves; the test refuses to run on a subnet in use), speaking HTTPS with mutual TLS between nodes.
-Writes, reads, the leader killed, a host cut off by taking its link down and healed: nothing
-acknowledged is lost. A peer with a certificate from another CA is refused. Needs root (CI runs
+Clients need a token. Writes, reads, the leader killed, a host cut off by taking its link down
+and healed: nothing acknowledged is lost. A peer with a certificate from another CA, a client
+without a token and a read token trying to write are refused. Needs root (CI runs
 as root); the namespaces, links and bridge go away in a finally, even when the test fails."""
 from __future__ import annotations
 
@@ -25,6 +26,13 @@ BRIDGE_ADDRESS = f"{SUBNET}.1"  # the test (an API client) talks from the root n
 SECRET = "multihost-secret"
 HEARTBEAT, ELECTION = 0.1, 0.6
 WRITES_PER_PHASE = 15
+
+
+def add_token(auth_file: str, name: str, role: str) -> str:
+    """A new token from the documented command (it prints the token once, stores its digest)."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "auth.py"), "add", name, role, "--auth-file", auth_file],
+                          capture_output=True, text=True, timeout=30, check=True)
+    return done.stdout.strip()
 
 
 def ip(*args: str) -> None:
@@ -72,7 +80,7 @@ class Network:
 
 
 class Host:
-    def __init__(self, net: Network, index: int, root: str, certs: str):
+    def __init__(self, net: Network, index: int, root: str, certs: str, auth_file: str, reader: str):
         self.net, self.index = net, index
         self.address = net.addresses[index]
         self.url = f"https://{self.address}:{PORT}"
@@ -80,6 +88,8 @@ class Host:
         self.log_path = os.path.join(root, f"node{index}.log")
         self.cert = (os.path.join(certs, f"node{index}.crt"), os.path.join(certs, f"node{index}.key"))
         self.ca = os.path.join(certs, "ca.crt")
+        self.auth_file = auth_file
+        self.reader = {"Authorization": f"Bearer {reader}"}
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -88,7 +98,7 @@ class Host:
                sys.executable, os.path.join(ROOT, "demo_follower.py"), "--host", self.address, "--port", str(PORT),
                "--peers", peers, "--data-dir", self.data_dir, "--cluster-secret", SECRET,
                "--tls-cert", self.cert[0], "--tls-key", self.cert[1], "--tls-ca", self.ca,
-               "--heartbeat-interval", str(HEARTBEAT), "--election-timeout", str(ELECTION)]
+               "--auth-file", self.auth_file, "--heartbeat-interval", str(HEARTBEAT), "--election-timeout", str(ELECTION)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
@@ -99,7 +109,7 @@ class Host:
 
     def status(self) -> dict | None:
         try:
-            r = requests.get(self.url + "/status", verify=self.ca, timeout=0.5)
+            r = requests.get(self.url + "/status", verify=self.ca, headers=self.reader, timeout=0.5)
             return r.json() if r.status_code == 200 else None
         except requests.RequestException:
             return None
@@ -148,7 +158,7 @@ def stored_tasks(session, host: Host) -> dict:
     """Every task in `host`'s own state (a stale read: no leader involved)."""
     tasks, offset = {}, 0
     while offset is not None:
-        r = session.get(host.url + "/tasks", params={"consistency": "stale", "limit": 500, "offset": offset},
+        r = session.get(host.url + "/tasks", headers=host.reader, params={"consistency": "stale", "limit": 500, "offset": offset},
                         timeout=5)
         r.raise_for_status()
         doc = r.json()
@@ -175,16 +185,30 @@ def test_three_hosts_with_mutual_tls_lose_nothing_acknowledged(network, tmp_path
     for i, address in enumerate(network.addresses):
         make_node_cert(certs, f"node{i}", f"IP:{address}")
     intruder = make_node_cert(certs, "intruder", f"IP:{BRIDGE_ADDRESS}", ca="other")
-    hosts = [Host(network, i, str(tmp_path), certs) for i in range(3)]
+    auth_file = str(tmp_path / "auth.json")
+    tokens = {role: add_token(auth_file, f"{role}-client", role) for role in ("read", "write")}
+    hosts = [Host(network, i, str(tmp_path), certs, auth_file, tokens["read"]) for i in range(3)]
     session = requests.Session()
     session.trust_env = False  # $REQUESTS_CA_BUNDLE would replace the cluster CA
     session.verify = hosts[0].ca
+    session.headers["Authorization"] = f"Bearer {tokens['write']}"
     acked: dict[str, str] = {}
     try:
         for h in hosts:
             h.start()
         leader = wait_for(lambda: leader_of(hosts), 20, "a leader over TLS")
         write_through(session, hosts, "first", acked)
+
+        # Clients: no token, 401; a read token may read but not write, 403.
+        anonymous = requests.post(hosts[1].url + "/tasks", json={"title": "x"}, verify=hosts[0].ca, timeout=3)
+        assert anonymous.status_code == 401 and anonymous.json()["error"] == "unauthorized"
+        assert anonymous.headers["WWW-Authenticate"].startswith("Bearer")
+        reader = requests.post(hosts[1].url + "/tasks", json={"title": "x"}, verify=hosts[0].ca, timeout=3,
+                               headers=hosts[1].reader)
+        assert reader.status_code == 403 and reader.json()["error"] == "forbidden"
+        some_id = next(iter(acked))
+        assert requests.get(f"{hosts[2].url}/tasks/{some_id}", verify=hosts[0].ca, timeout=3,
+                            headers=hosts[2].reader).status_code == 200
 
         # A peer whose certificate another CA signed: refused in the handshake, and logged.
         with pytest.raises(requests.exceptions.SSLError):
