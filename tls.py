@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-import threading
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -90,7 +89,6 @@ class NodeTLS:
         self.cert, self.key, self.ca = cert, key, ca
         self.host = None if host in WILDCARD_HOSTS else host
         self.verifies_peers = ca is not None  # node-to-node requests must bring a CA-signed certificate
-        self.lock = threading.Lock()
         self.contexts = self._build()
 
     @property
@@ -110,9 +108,9 @@ class NodeTLS:
         return (self.cert, self.key) if self.ca else None
 
     def reload(self) -> None:
-        """Read the files again; on any problem keep the current contexts and raise TLSError."""
-        with self.lock:
-            self.contexts = self._build()
+        """Read the files again; on any problem keep the current contexts and raise TLSError.
+        One assignment swaps both contexts (no lock: a SIGHUP handler may interrupt a reload)."""
+        self.contexts = self._build()
 
     def reload_logged(self) -> bool:
         """reload() for a SIGHUP handler: logs the outcome, never raises."""
