@@ -63,6 +63,11 @@ class NodeContext:
         adapter = requests.adapters.HTTPAdapter(pool_connections=max(1, len(node.config.peers)),
                                                 pool_maxsize=FORWARD_POOL, pool_block=True)
         peers_http.mount("http://", adapter)
+        peers_http.mount("https://", adapter)
+        if node.config.tls is not None:
+            peers_http.trust_env = False  # else $REQUESTS_CA_BUNDLE would replace the cluster CA
+            peers_http.verify = node.config.tls.requests_verify
+            peers_http.cert = node.config.tls.requests_cert
         status_pool = ThreadPoolExecutor(max_workers=max(1, len(node.config.peers)), thread_name_prefix="status")
         return cls(node, peers_http, status_pool, threading.BoundedSemaphore(LIST_SLOTS),
                    threading.BoundedSemaphore(SSE_MAX_STREAMS), authenticator)

@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -77,14 +78,15 @@ class NodeConfig:
     cluster_secret: str | None = None
     snapshot_every: int = 10000
     node_id: str | None = None  # default: "<host>:<port>" of the advertised URL
-    advertise_url: str | None = None  # default: http://<host>:<port>
+    advertise_url: str | None = None  # default: http(s)://<host>:<port>
     peer_ids: list[str] | None = None  # ids of `peers`, in order (default: "<host>:<port>" of each)
     join: list[str] = field(default_factory=list)  # members to ask to add us (an empty node only)
     join_as_learner: bool = False
+    tls: Any = None  # a tls.NodeTLS: the node serves HTTPS and calls its peers over (mutual) TLS
 
     @property
     def url(self) -> str:
-        return self.advertise_url or f"http://{self.host}:{self.port}"
+        return self.advertise_url or f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def id(self) -> str:
@@ -238,7 +240,7 @@ class Node:
         self.change_seq = 0
         self.status_view: dict = {}
         self.transport = Transport(
-            self.id, {}, secret=config.cluster_secret, election_timeout=config.election_timeout,
+            self.id, {}, secret=config.cluster_secret, tls=config.tls, election_timeout=config.election_timeout,
             heartbeat_interval=config.heartbeat_interval, stopping=self.stopping,
             on_message=lambda msg: self.submit(("msg", msg, None)),
             on_snapshot_failed=lambda peer: self.submit(("snapshot_failed", peer)),
@@ -338,8 +340,9 @@ class Node:
                 if self.config.cluster_secret:  # a cluster with client tokens lets a node that proves it holds the secret join
                     headers.update(auth.node_identity_headers(self.config.cluster_secret, self.id, "POST", "/cluster/members",
                                                               urlsplit(target).netloc, body))
-                resp = requests.post(target + "/cluster/members", data=body, headers=headers,
-                                     timeout=self.join_timeout + 5)
+                tls = self.config.tls
+                resp = requests.post(target + "/cluster/members", data=body, headers=headers, timeout=self.join_timeout + 5,
+                                     **({"verify": tls.requests_verify, "cert": tls.requests_cert} if tls else {}))
                 if resp.status_code in (200, 201):
                     log.info("joined the cluster through %s as %s", target, self.id)
                     return

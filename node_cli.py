@@ -16,6 +16,7 @@ import unicodedata
 from urllib.parse import urlsplit
 
 import auth
+import tls
 from http_server import HTTPServer, Limits
 
 DEFAULT_PORTS = (4000, 4001, 4002)
@@ -61,7 +62,11 @@ def parse_args(argv, default_port: int):
                    help="shared secret for node-to-node requests (default: $PICKLEDB_CLUSTER_SECRET; "
                         "an empty variable counts as unset)")
     auth.add_arguments(p)
+    tls.add_arguments(p)
     args = p.parse_args(argv)
+    for problem in tls.validate(args):
+        p.error(problem)
+    scheme = tls.scheme(args)
     if not 0 < args.port < 65536:
         p.error("--port must be between 1 and 65535")
     if not all(math.isfinite(t) and t > 0 for t in (args.heartbeat_interval, args.election_timeout)):
@@ -70,9 +75,9 @@ def parse_args(argv, default_port: int):
         p.error("--election-timeout must be at least twice --heartbeat-interval")
     if args.advertise_url is not None:
         args.advertise_url = args.advertise_url.strip().rstrip("/")
-        if not valid_peer_url(args.advertise_url):
-            p.error(f"--advertise-url {args.advertise_url!r} must look like http://HOST:PORT")
-    own_url = args.advertise_url or f"http://{args.host}:{args.port}"
+        if not valid_peer_url(args.advertise_url, scheme):
+            p.error(f"--advertise-url {args.advertise_url!r} must look like {scheme}://HOST:PORT")
+    own_url = args.advertise_url or f"{scheme}://{args.host}:{args.port}"
     if args.node_id is not None and not NODE_ID.fullmatch(args.node_id):
         p.error("--node-id must be 1-64 characters of A-Z a-z 0-9 . _ : -")
     own_id = args.node_id or urlsplit(own_url).netloc
@@ -82,15 +87,15 @@ def parse_args(argv, default_port: int):
         if not args.join_list:
             p.error("--join needs at least one member URL")
         for url in args.join_list:
-            if not valid_peer_url(url):
-                p.error(f"--join URL {url!r} must look like http://HOST:PORT")
+            if not valid_peer_url(url, scheme):
+                p.error(f"--join URL {url!r} must look like {scheme}://HOST:PORT")
         args.peers = args.peers or ""
     if args.learner and not args.join_list:
         p.error("--learner needs --join")
     if args.peers is None:
         if args.port not in DEFAULT_PORTS:
             p.error(f"--peers is required when --port is not one of {DEFAULT_PORTS}")
-        args.peers = ",".join(f"http://{args.host}:{q}" for q in DEFAULT_PORTS if q != args.port)
+        args.peers = ",".join(f"{scheme}://{args.host}:{q}" for q in DEFAULT_PORTS if q != args.port)
     args.peer_list, args.peer_ids = [], []
     for item in (i.strip() for i in args.peers.split(",")):
         if not item:
@@ -99,8 +104,8 @@ def parse_args(argv, default_port: int):
         if not sep:
             peer_id, url = "", item
         url = url.strip().rstrip("/")
-        if not valid_peer_url(url):
-            p.error(f"peer URL {url!r} must look like http://HOST:PORT (port 1-65535, nothing after it)")
+        if not valid_peer_url(url, scheme):
+            p.error(f"peer URL {url!r} must look like {scheme}://HOST:PORT (port 1-65535, nothing after it)")
         peer_id = peer_id.strip() or urlsplit(url).netloc
         if not NODE_ID.fullmatch(peer_id):
             p.error(f"peer id {peer_id!r} must be 1-64 characters of A-Z a-z 0-9 . _ : -")
@@ -110,7 +115,7 @@ def parse_args(argv, default_port: int):
         p.error("--peers lists a URL twice")
     if len(set(args.peer_ids)) != len(args.peer_ids):
         p.error("--peers lists an id twice")
-    if own_url in args.peer_list or f"http://{args.host}:{args.port}" in args.peer_list:
+    if own_url in args.peer_list or f"{scheme}://{args.host}:{args.port}" in args.peer_list:
         p.error(f"--peers must list the other nodes, not this one ({own_url})")
     if own_id in args.peer_ids:
         p.error(f"--peers must list the other nodes, not this one (id {own_id})")
@@ -123,14 +128,14 @@ def parse_args(argv, default_port: int):
     return args
 
 
-def valid_peer_url(url: str) -> bool:
+def valid_peer_url(url: str, scheme: str = "http") -> bool:
     parts = urlsplit(url)
     try:
         port = parts.port
     except ValueError:  # not a number, or out of range
         return False
-    # A node's identity is exactly http://HOST:PORT: anything after it would never match.
-    return (parts.scheme == "http" and bool(parts.hostname) and port is not None and 0 < port
+    # A node's URL is exactly SCHEME://HOST:PORT (https with --tls-cert): anything after it would never match.
+    return (parts.scheme == scheme and bool(parts.hostname) and port is not None and 0 < port
             and not (parts.path or parts.query or parts.fragment or parts.username or parts.password)
             and "#" not in url and "?" not in url)  # an empty query or fragment too
 
@@ -195,6 +200,10 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
         authenticator = auth.authenticator_from_args(args, loopback=is_loopback(args.host))
     except auth.AuthFileError as exc:
         return fail(str(exc))
+    try:
+        node_tls = tls.load(args)
+    except tls.TLSError as exc:
+        return fail(str(exc))
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{args.port}] %(levelname)s %(name)s: %(message)s")
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     config = NodeConfig(
@@ -204,7 +213,7 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
         data_dir=args.data_dir or os.path.join("data", f"node_{args.port}"),
         heartbeat_interval=args.heartbeat_interval, election_timeout=args.election_timeout,
         first_election_timeout=(args.election_timeout * first_election_factor if first_election_factor else None),
-        cluster_secret=args.cluster_secret,
+        cluster_secret=args.cluster_secret, tls=node_tls,
         snapshot_every=int(snapshot_every))
     try:
         node = Node(config)
@@ -215,7 +224,8 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
     try:
         server = HTTPServer(create_app(node, authenticator=authenticator), args.host, args.port, peer_routes(),
                             limits=dataclasses.replace(LIMITS, client_body=MAX_BODY),
-                            peer_auth=peer_auth(args.cluster_secret), on_stop=node.begin_shutdown)
+                            peer_auth=peer_auth(args.cluster_secret), on_stop=node.begin_shutdown,
+                            tls=node_tls)
     except (OSError, ValueError) as exc:  # in use, not an address of this machine
         node.storage.close()
         reason = describe(exc) if isinstance(exc, OSError) else str(exc)
@@ -230,8 +240,12 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, shut_down)
     signal.signal(signal.SIGINT, shut_down)
-    if authenticator is not None:
-        signal.signal(signal.SIGHUP, lambda signum, frame: authenticator.reload())
+    def reload(signum, frame):  # the token file and the certificate
+        if authenticator is not None:
+            authenticator.reload()
+        if node_tls is not None:
+            node_tls.reload_logged()
+    signal.signal(signal.SIGHUP, reload)
     node.start()
     logging.getLogger("pickledb_cluster.node").info(
         "node %s serving at %s (listening on %s:%d; data: %s)", node.id, node.url, args.host, args.port, config.data_dir)

@@ -19,7 +19,6 @@ valid today, names the host the node is known by, and is usable for both ends of
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
