@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import schemathesis
+from flask.testing import FlaskClient
 import yaml
 from playwright.sync_api import sync_playwright
 
@@ -21,7 +22,7 @@ import api_docs
 from api_server import create_app
 from auth import OPEN, permission_of
 from harness import ROOT, free_ports, wait_for
-from test_api import api_client, make_node, node  # noqa: F401 (fixture)
+from test_api import make_node, node  # noqa: F401 (fixture)
 from transport import RAFT_RPC
 
 CHROMIUM = os.environ.get("PICKLEDB_CHROMIUM") or os.environ.get("CHROMIUM") or "/usr/bin/chromium"
@@ -36,6 +37,19 @@ PENDING = {
     ("/cluster/leader", "post"), ("/metrics", "get"), ("/livez", "get"), ("/readyz", "get"),
     ("/cluster/backup", "get"),
 }
+
+
+def api_client(node):  # noqa: F811
+    """Flask's test client on the node's app, addressed with the node's own host and port."""
+    app = create_app(node)
+    base = f"http://127.0.0.1:{node.config.port}"
+
+    class Client(FlaskClient):
+        def open(self, *args, **kwargs):
+            kwargs.setdefault("base_url", base)
+            return super().open(*args, **kwargs)
+    app.test_client_class = Client
+    return app.test_client()
 
 
 @pytest.fixture(scope="module")
