@@ -6,7 +6,6 @@ operation's security matches the permission its route declares, every link names
 operation, and the document is valid OpenAPI 3.1. The reference page /docs is loaded in a real
 headless Chromium: it shows the operations, with no CSP violation and no request leaving the node.
 """
-import json
 import os
 import re
 import subprocess
@@ -15,14 +14,13 @@ import sys
 import pytest
 import schemathesis
 from flask.testing import FlaskClient
-import yaml
 from playwright.sync_api import sync_playwright
 
 import api_docs
 from api_server import create_app
 from auth import OPEN, permission_of
 from harness import ROOT, free_ports, wait_for
-from test_api import make_node, node  # noqa: F401 (fixture)
+from test_api import node  # noqa: F401 (fixture)
 from transport import RAFT_RPC
 
 CHROMIUM = os.environ.get("PICKLEDB_CHROMIUM") or os.environ.get("CHROMIUM") or "/usr/bin/chromium"
