@@ -169,6 +169,11 @@ def test_openapi_json_is_the_document_as_json(node):  # noqa: F811
     assert permission_of(client.application.view_functions["docs.openapi_document"]) == OPEN
 
 
+def test_the_document_lists_the_assets_the_node_serves(document):
+    asset = document["paths"]["/docs/{asset}"]["get"]["parameters"][0]
+    assert sorted(asset["schema"]["enum"]) == sorted(api_docs.ASSETS)
+
+
 def test_docs_assets_are_only_the_listed_files(node):  # noqa: F811
     client = api_client(node)
     page = client.get("/docs")
