@@ -97,7 +97,8 @@ def unserved_paths(url: str) -> list[str]:
     return missing
 
 
-def run_schemathesis(url: str, tmp_path, seed: int, exclude_paths: list[str]) -> subprocess.CompletedProcess:
+def run_schemathesis(url: str, tmp_path, seed: int, exclude_paths: list[str],
+                     exclude_checks: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG)
     command = [*SCHEMATHESIS, "--config-file", str(config), "--no-color", "run", SPEC, "--url", url,
@@ -107,6 +108,8 @@ def run_schemathesis(url: str, tmp_path, seed: int, exclude_paths: list[str]) ->
                "--output-truncate", "false"]
     for operation_id in NOT_FUZZED:
         command += ["--exclude-operation-id", operation_id]
+    if exclude_checks:
+        command += ["--exclude-checks", ",".join(exclude_checks)]
     for path in exclude_paths:
         command += ["--exclude-path", path]
     # cwd: schemathesis keeps a .schemathesis/ cache in its working directory.
@@ -119,7 +122,11 @@ def test_every_answer_is_in_the_contract(cluster, tmp_path, target):
     url = leader_url if target == "leader" else next(u for u in cluster.urls if u != leader_url)
     seed = int(os.environ.get("PICKLEDB_CONTRACT_SEED") or random.randrange(2**31))
     unserved = unserved_paths(url)
-    result = run_schemathesis(url, tmp_path, seed, unserved)
+    # A follower's ?consistency=stale read may not have applied a write the leader just
+    # answered (documented): the checks that a created resource is readable and a deleted one
+    # is gone hold only where every read is current, so they run against the leader.
+    lagging_reads = ("use_after_free", "ensure_resource_availability") if target == "follower" else ()
+    result = run_schemathesis(url, tmp_path, seed, unserved, lagging_reads)
     output = result.stdout + result.stderr
     assert result.returncode == 0, (f"schemathesis (seed {seed}, not served yet: {unserved}) against the "
                                     f"{target} {url}:\n{output[-20000:]}")
@@ -130,6 +137,27 @@ def test_every_answer_is_in_the_contract(cluster, tmp_path, target):
     dead = [n.url for n in cluster.nodes if not n.alive]
     assert not dead, f"nodes exited during the run: {dead}"
     cluster.wait_converged(20)  # one leader, and every node applied what it committed
+
+
+def read_events(stream, until: str) -> list[dict]:
+    """Events with an id, up to the first of type `until`. Lines end only at CR/LF (SSE), not at
+    the other line breaks str.splitlines knows (a task's title may hold U+2028)."""
+    events, event, buffer = [], {}, b""
+    for chunk in stream.iter_content(chunk_size=None):
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            line = line.rstrip(b"\r").decode()
+            if line:
+                field, _, value = line.partition(": ")
+                event[field] = value
+                continue
+            if "id" in event:
+                events.append(event)
+                if event["event"] == until:
+                    return events
+            event = {}
+    return events
 
 
 def test_the_event_stream_answers_as_documented(cluster):
@@ -143,17 +171,7 @@ def test_the_event_stream_answers_as_documented(cluster):
         assert stream.status_code == 200
         assert stream.headers["Content-Type"].partition(";")[0] == "text/event-stream"
         assert stream.headers["Cache-Control"] == "no-cache"
-        events, event = [], {}
-        for line in stream.iter_lines(decode_unicode=True):
-            if line == "":
-                if "id" in event:
-                    events.append(event)
-                    if event["event"] == "applied":
-                        break
-                event = {}
-                continue
-            field, _, value = line.partition(": ")
-            event[field] = value
+        events = read_events(stream, until="applied")
     assert events, "no event with an id"
     for event in events:
         assert event["id"].isdigit() and event["event"] in ("change", "applied", "reset"), event
@@ -163,3 +181,15 @@ def test_the_event_stream_answers_as_documented(cluster):
         assert answer.status_code == 400, (bad, answer.text)
         assert answer.headers["Content-Type"] == "application/json"
         assert set(answer.json()) == {"error", "message"} and answer.json()["error"] == "invalid_request"
+
+
+def test_a_follower_relays_the_leaders_etag(cluster):
+    """Found by the contract run: answers forwarded by a follower lost their ETag (waitress sends
+    it as `Etag`, and the follower matched relayed header names case-sensitively)."""
+    leader_url = cluster.wait_for_leader(30)
+    follower = next(u for u in cluster.urls if u != leader_url)
+    created = requests.post(follower + "/tasks", json={"title": "tagged"}, timeout=10)
+    assert created.status_code == 201, created.text
+    assert created.headers.get("ETag") == '"1"', dict(created.headers)
+    read = requests.get(f"{follower}/tasks/{created.json()['id']}", timeout=10)
+    assert read.status_code == 200 and read.headers.get("ETag") == '"1"', dict(read.headers)
