@@ -6,6 +6,7 @@ operation's security matches the permission its route declares, every link names
 operation, and the document is valid OpenAPI 3.1. The reference page /docs is loaded in a real
 headless Chromium: it shows the operations, with no CSP violation and no request leaving the node.
 """
+import glob
 import os
 import re
 import subprocess
@@ -122,6 +123,33 @@ def test_each_operation_needs_what_its_route_declares(node):  # noqa: F811
         assert open_in_code == open_in_document, f"{key}: open in code {open_in_code}, in document {open_in_document}"
         if not open_in_code:
             assert {"401", "403", "429"} <= set(op["responses"]), f"{key} must document 401, 403 and 429"
+
+
+# Modules whose errors reach clients, and codes that never may: internal_error is a 500 (a bug,
+# refused by the contract run); bad_message and cluster_mismatch answer peers' Raft messages.
+CLIENT_ERROR_SOURCES = ("api_*.py", "auth.py", "cluster_manager.py", "task_state.py", "http_server.py")
+NOT_CLIENT_CODES = {"internal_error", "bad_message", "cluster_mismatch"}
+ERROR_CODE_PATTERNS = (
+    r'(?:ClientError|RequestRefused|AuthError|error)\(\s*\d{3},\s*"([a-z_]+)"',  # (status, code, ...)
+    r'BadRequest\((?:[^()]|\([^()]*\))*?,\s*\d{3},\s*"([a-z_]+)"\)',  # (message, status, code)
+    r'"error":\s*"([a-z_]+)"',
+    r'\d{3}:\s*"([a-z_]+)"',  # http_server.ERROR_CODES
+)
+
+
+def test_every_error_code_the_code_sends_is_documented(document):
+    """Each `error` code a client can get, found in the source, is named in the document."""
+    text = open(api_docs.DOCUMENT, encoding="utf-8").read()
+    codes = {"invalid_request"}  # BadRequest's default
+    for pattern in CLIENT_ERROR_SOURCES:
+        for path in glob.glob(os.path.join(ROOT, pattern)):
+            source = open(path, encoding="utf-8").read()
+            for regex in ERROR_CODE_PATTERNS:
+                codes.update(re.findall(regex, source, re.S))
+    assert {"no_leader", "not_found", "busy", "misdirected_request"} <= codes  # the patterns still match
+    named = set(re.findall(r"[a-z_]+", " ".join(re.findall(r"`([^`]+)`", text))))  # words in `code` spans
+    missing = sorted(codes - NOT_CLIENT_CODES - named)
+    assert not missing, f"error codes the nodes send that docs/openapi.yaml does not name: {missing}"
 
 
 def test_every_503_and_429_says_when_to_retry(document):
