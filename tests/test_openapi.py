@@ -2,9 +2,11 @@
 
 The document is written by hand; these tests hold it to the routes: every client route of the
 Flask app is documented with the same methods and every documented operation is a route, each
-operation's security matches the permission its route declares, every link names a real
-operation, and the document is valid OpenAPI 3.1. The reference page /docs is loaded in a real
-headless Chromium: it shows the operations, with no CSP violation and no request leaving the node.
+operation's security matches the permission its route declares, every error code the
+client-facing modules can send is named, every link names a real operation, and the document is
+valid OpenAPI 3.1. (tests/test_contract_schemathesis.py checks live answers against it.) The
+reference page /docs is loaded in a real headless Chromium: it shows the operations, with no CSP
+violation and no request leaving the node.
 """
 import glob
 import os
