@@ -55,7 +55,7 @@ def test_only_the_configured_host_names_are_answered(client, node):
 
 
 def test_hosts_and_origins_come_from_the_node_its_peers_and_extra_names():
-    node = SimpleNamespace(id="http://10.0.0.1:4000",
+    node = SimpleNamespace(id="10.0.0.1:4000", url="http://10.0.0.1:4000",
                            config=SimpleNamespace(peers=["http://10.0.0.2:4001", "http://localhost:4002",
                                                          "http://peer.example"]))
     hosts, origins = served_names(node, extra_hosts=["Tasks.Example", "proxy.example:8443", "[fd00::1]"])
@@ -64,7 +64,7 @@ def test_hosts_and_origins_come_from_the_node_its_peers_and_extra_names():
     assert origins == {f"http://{h}" for h in hosts} | {
         "http://10.0.0.2:4001", "http://localhost:4002", "http://127.0.0.1:4002", "http://[::1]:4002",
         "http://peer.example"}
-    default = SimpleNamespace(id="http://127.0.0.1:80", config=SimpleNamespace(peers=[]))
+    default = SimpleNamespace(id="127.0.0.1:80", url="http://127.0.0.1:80", config=SimpleNamespace(peers=[]))
     assert served_names(default)[0] == {"127.0.0.1", "localhost", "[::1]"}
 
 
@@ -269,7 +269,7 @@ def test_only_a_few_lists_are_built_at_once(node):
 
     def list_in_thread():
         other = app_client.application.test_client()  # same app, so the same slots
-        other.node_url = node.id
+        other.node_url = node.url
         results.append(other.get("/tasks?consistency=stale"))
     threads = [threading.Thread(target=list_in_thread) for _ in range(LIST_SLOTS)]
     try:

@@ -519,10 +519,11 @@ def test_a_cluster_under_a_slow_client_attack_keeps_its_leader_commits_and_catch
                 assert r.status_code == 201, r.text
                 latencies.append(time.monotonic() - started)
             # A new node-to-node connection gets through the full server at once.
-            vote = {"type": "vote_req", "from": followers[0].url, "to": leader.url, "term": 0,
+            vote = {"type": "vote_req", "from": followers[0].id, "to": leader.id, "term": 0,
                     "last_index": 0, "last_term": 0, "pre": True, "rid": 1}
             r = requests.post(leader.url + "/raft/vote", data=json.dumps(vote), timeout=2,
                               headers={"X-Cluster-Secret": secret_token("s3cret"), "X-PickleDB-Peer": "1",
+                                       "X-PickleDB-Cluster": leader.status()["cluster_id"],
                                        "Content-Type": "application/json"})
             assert r.status_code == 200, r.text
             # A follower restarted during the attack catches up.
@@ -535,7 +536,7 @@ def test_a_cluster_under_a_slow_client_attack_keeps_its_leader_commits_and_catch
             assert statistics.median(latencies) < 0.25 and max(latencies) < 2, latencies
             for n in cluster.nodes:
                 view = n.status()
-                assert view["term"] == term and view["leader"] == leader.url, view
+                assert view["term"] == term and view["leader_url"] == leader.url, view
             assert "client connections open (the limit)" in open(leader.log_path).read()  # it was full
         finally:
             if attack is not None:
