@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Optional
 
 from .churn import Churn
-from .checkers import (CheckResult, check_convergence, check_lost_writes,
-                       check_one_leader_per_term, check_stale_reads, parse_leader_claims)
+from .checkers import (CheckResult, check_conditional_writes, check_convergence, check_idempotent_retries,
+                       check_lost_writes, check_one_leader_per_term, check_stale_reads, parse_leader_claims)
 from .cluster import (ExitWatch, NemesisCluster, established_connections, http_call,
                       tail)
 from .history import FAIL, OK, UNKNOWN, History, Op, format_summary, load_history, summarize
@@ -248,6 +248,8 @@ def check_all(ops: list, final_jobs: Optional[dict], final_tasks: Optional[list]
         checks.append(check_lost_writes(ops, final_jobs, final_tasks,
                                         ignore_keys={BARRIER_KEY}))
     checks.append(check_stale_reads(ops))
+    checks.append(check_idempotent_retries(ops, final_tasks))
+    checks.append(check_conditional_writes(ops))
     if snapshots is not None:
         checks.append(check_convergence(snapshots, leader))
     if claims is not None:
