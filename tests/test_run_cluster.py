@@ -1,4 +1,5 @@
-"""run_cluster.sh as a user runs it: start, status, start twice, busy port, stop."""
+"""run_cluster.sh as a user runs it: start, status, start twice, busy port, stop, a restart that
+would change the layout, and the usage errors of a first hour."""
 import os
 import shutil
 import socket
@@ -48,15 +49,23 @@ def run(checkout, *args, timeout=120):
     return subprocess.run(["./run_cluster.sh", *args], cwd=checkout, capture_output=True, text=True, timeout=timeout)
 
 
+def node_lines(status_text):
+    return [line for line in status_text.splitlines() if line.startswith("http://")]
+
+
 def test_start_status_twice_stop(checkout):
     base = consecutive_free_ports(3)
     r = run(checkout, "--base-port", str(base), "--heartbeat-interval", "0.1", "--election-timeout", "0.6")
     assert r.returncode == 0, r.stdout + r.stderr
     for port in range(base, base + 3):
         assert f"http://127.0.0.1:{port}/" in r.stdout
-        assert (checkout / "logs" / f"node_{port}.log").exists()
+        assert (checkout / "logs" / f"node_{port}.log").exists()  # written by the node (--log-file)
+    # Right after start every follower has applied what the leader committed (its first entry).
+    lines = node_lines(r.stdout)
+    assert len(lines) == 3 and all("applied=1 " in line for line in lines), r.stdout
     status = run(checkout, "status").stdout
     assert status.count("leader    term=") == 1 and status.count("follower") == 2
+    assert "catching up" not in status
     # The nodes share a generated secret: internal endpoints refuse strangers.
     assert requests.post(f"http://127.0.0.1:{base}/raft/vote", json={}, timeout=5).status_code == 401
     r = requests.post(f"http://127.0.0.1:{base + 1}/tasks", json={"title": "via script"}, timeout=10)
@@ -64,11 +73,24 @@ def test_start_status_twice_stop(checkout):
 
     again = run(checkout, "--base-port", str(base))
     assert again.returncode == 1 and "already running" in again.stderr
+    helped = run(checkout, "stop", "--help")  # prints the usage and stops nothing
+    assert helped.returncode == 0 and "rolling-restart" in helped.stdout
+    assert run(checkout, "status").stdout.count("term=") == 3
 
     r = run(checkout, "stop")
     assert r.returncode == 0 and "stopped" in r.stdout
     wait_for(lambda: "down" in run(checkout, "status").stdout, 10, "nodes to be down")
     assert run(checkout, "status").stdout.count("down") == 3
+
+    # Another layout over this cluster's data would change its membership without consensus.
+    for layout in (["--nodes", "5", "--base-port", str(base)], ["--nodes", "2", "--base-port", str(base)]):
+        r = run(checkout, *layout)
+        assert r.returncode == 1 and "'./run_cluster.sh add'" in r.stderr and "remove PORT" in r.stderr
+        assert not list(checkout.glob(".cluster/node_*.pid"))
+    r = run(checkout)  # no layout given: the existing one
+    assert r.returncode == 0 and len(node_lines(r.stdout)) == 3, r.stdout + r.stderr
+    tasks = requests.get(f"http://127.0.0.1:{base + 2}/tasks", timeout=10).json()["tasks"]
+    assert [t["title"] for t in tasks] == ["via script"]
 
 
 def test_busy_port_starts_nothing(checkout):
@@ -87,7 +109,21 @@ def test_busy_port_starts_nothing(checkout):
 
 
 def test_bad_options_are_reported(checkout):
-    r = run(checkout, "--nodes", "zero")
-    assert r.returncode == 2 and "--nodes" in r.stderr
-    r = run(checkout, "--frobnicate")
-    assert r.returncode == 2 and "Unknown option" in r.stderr
+    """Usage errors: exit 2 with one `error:` line and a pointer to --help, never a traceback."""
+    cases = {("--nodes", "zero"): "--nodes must be a positive integer",
+             ("--frobnicate",): "unknown option: --frobnicate",
+             ("--nodes",): "--nodes needs a value",
+             ("--nodes", "--base-port", "5000"): "--nodes needs a value",
+             ("--base-port", "70000"): "ports 70000-70002 go past 65535",
+             ("--base-port", "65534"): "ports 65534-65536 go past 65535",
+             ("--election-timeout", "-1"): "--heartbeat-interval and --election-timeout are seconds",
+             ("stop", "now"): "'stop' takes no argument 'now'",
+             ("restart",): "'restart' needs the PORT of a node",
+             ("remove", "1", "2"): "'remove' takes one PORT",
+             ("frobnicate",): "unknown command: frobnicate"}
+    for args, message in cases.items():
+        r = run(checkout, *args)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert r.stderr.startswith(f"error: {message}") and "Traceback" not in r.stderr, (args, r.stderr)
+        assert r.stderr.count("\n") == 2 and r.stdout == "", (args, r.stderr)
+    assert not (checkout / ".cluster").exists()  # nothing was started or written
