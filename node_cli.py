@@ -131,7 +131,8 @@ def fail(message: str) -> int:
 
 
 def main(argv=None, default_port: int = 4001, first_election_factor: float | None = None) -> int:
-    from api_server import MAX_BODY, create_app
+    from api_common import MAX_BODY
+    from api_server import create_app
     from cluster_manager import Node, NodeConfig
     from storage import StorageError
 

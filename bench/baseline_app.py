@@ -22,8 +22,8 @@ from flask import Flask  # noqa: E402
 from flask_cors import CORS  # noqa: E402
 from waitress import create_server  # noqa: E402
 
-from api_server import (MAX_BODY, BadRequest, error, json_object, json_response, new_task,  # noqa: E402
-                        validate_task_fields)
+from api_common import MAX_BODY, BadRequest, error, json_object, json_response  # noqa: E402
+from api_tasks import new_task, validate_task_fields  # noqa: E402
 import node_cli  # noqa: E402
 from node_cli import SERVER_THREADS  # noqa: E402
 

@@ -2,7 +2,8 @@
 import pytest
 from flask.testing import FlaskClient
 
-from api_server import MAX_DESCRIPTION, MAX_TITLE, create_app
+from api_server import create_app
+from api_tasks import MAX_DESCRIPTION, MAX_TITLE
 from cluster_manager import Node, NodeConfig
 from harness import free_ports, wait_for
 from transport import MAX_PEER_MESSAGE

@@ -11,8 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import api_server
-from api_server import LIST_SLOTS, MAX_DEPTH, MAX_TASK_ID, SSE_MAX_STREAMS, request_target, served_names
+import api_common
+from api_common import LIST_SLOTS, SSE_MAX_STREAMS, request_target
+from api_kv import MAX_DEPTH
+from api_server import served_names
+from api_tasks import MAX_TASK_ID
 from harness import free_ports, wait_for
 from test_api import api_client, assert_error, client, make_node, node  # noqa: F401 (fixtures)
 
@@ -162,7 +165,7 @@ def test_numbers_in_range_are_stored_exactly(shared_node, literal, stored):
 def test_value_size_is_bounded_once_encoded(shared_node):
     client = api_client(shared_node)
     raw = b'{"key": "wide", "value": [' + b",".join([b"1e9"] * 100_000) + b"]}"  # 400 KB, 1.3 MB encoded
-    assert len(raw) < api_server.MAX_BODY
+    assert len(raw) < api_common.MAX_BODY
     assert_error(client.post("/set", data=raw, content_type="application/json"), 413, "request_entity_too_large")
     assert_error(client.get("/jobs/wide"), 404)
 
@@ -211,7 +214,7 @@ def page_through(client, path, limit):
 def test_task_pages_are_bounded_in_count_and_bytes(client, node, monkeypatch):
     ids = [client.post("/tasks", json={"title": f"t{i}", "description": "d" * 300}).get_json()["id"]
            for i in range(12)]
-    monkeypatch.setattr(api_server, "DEFAULT_PAGE", 5)
+    monkeypatch.setattr(api_common, "DEFAULT_PAGE", 5)
     body = client.get("/tasks").get_json()
     assert len(body["tasks"]) == 5 and body["total"] == 12 and body["next_offset"] == 5
     assert body["index"] == node.status()["applied_index"]
@@ -220,24 +223,24 @@ def test_task_pages_are_bounded_in_count_and_bytes(client, node, monkeypatch):
     assert client.get("/tasks?offset=50").get_json() == {"tasks": [], "total": 12, "index": body["index"],
                                                           "next_offset": None}
     # A page also ends at MAX_PAGE_BYTES of tasks (but always holds one); next_offset goes on.
-    monkeypatch.setattr(api_server, "MAX_PAGE_BYTES", 1000)
+    monkeypatch.setattr(api_common, "MAX_PAGE_BYTES", 1000)
     seen = []
     for r, body in page_through(client, "/tasks", 10):
         assert len(body["tasks"]) == 2 and len(r.get_data()) < 1200
         seen += [t["id"] for t in body["tasks"]]
     assert seen == ids[::-1]
-    monkeypatch.setattr(api_server, "MAX_PAGE_BYTES", 10)
+    monkeypatch.setattr(api_common, "MAX_PAGE_BYTES", 10)
     assert len(client.get("/tasks").get_json()["tasks"]) == 1
 
 
 def test_key_value_pages_are_bounded_and_say_where_to_go_on(client, monkeypatch):
     for i in range(7):
         client.post("/set", json={"key": f"k{i}", "value": "v" * 100})
-    monkeypatch.setattr(api_server, "DEFAULT_PAGE", 3)
+    monkeypatch.setattr(api_common, "DEFAULT_PAGE", 3)
     r = client.get("/jobs")
     assert r.get_json() == {f"k{i}": "v" * 100 for i in range(3)}
     assert r.headers["X-Total-Count"] == "7" and r.headers["X-Next-Offset"] == "3"
-    monkeypatch.setattr(api_server, "MAX_PAGE_BYTES", 250)  # two values a page
+    monkeypatch.setattr(api_common, "MAX_PAGE_BYTES", 250)  # two values a page
     got, offset = {}, 0
     while offset is not None:
         r = client.get(f"/jobs?offset={offset}")
@@ -341,3 +344,13 @@ def test_framework_errors_are_json(client):
 ])
 def test_the_forwarded_target_is_the_raw_one(raw, target):
     assert request_target({"REQUEST_URI": raw}) == target
+
+
+def test_a_route_without_a_declared_permission_stops_the_app(node, monkeypatch):
+    import api_server
+    from flask import Blueprint
+    undeclared = Blueprint("undeclared", __name__)
+    undeclared.add_url_rule("/forgotten", "forgotten", lambda: "")
+    monkeypatch.setattr(api_server, "BLUEPRINTS", (*api_server.BLUEPRINTS, undeclared))
+    with pytest.raises(RuntimeError, match="/forgotten"):
+        api_server.create_app(node)

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from api_server import MAX_PAGE_BYTES
+from api_common import MAX_PAGE_BYTES
 from harness import Cluster, wait_for
 
 pytestmark = pytest.mark.cluster
