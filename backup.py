@@ -49,6 +49,11 @@ def encode_backup(index: int, term: int, state: dict, cluster_id: str | None, me
     return encode_snapshot(meta, {"tasks": state["tasks"], "kv": state["kv"], DESCRIPTOR: descriptor})
 
 
+def backup_checksum(data: bytes) -> str:
+    """The SHA-256 (hex) a backup's trailer names (the file ends in `"sha256":"<hex>"}`)."""
+    return bytes(data[-66:-2]).decode()
+
+
 def decode_backup(data: bytes) -> tuple[dict, dict]:
     """(descriptor, state) of a backup file's bytes, checksum and format verified; BackupError if not."""
     try:

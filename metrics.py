@@ -5,7 +5,7 @@ Raft gauges are read from node.status() when /metrics is scraped: they cost noth
 path. What has to be seen as it happens is observed where it happens, each by one line of the
 runtime (cluster_manager.py):
 
-    self.metrics = NodeMetrics(self.status)                        # Node.__init__, first
+    self.metrics = NodeMetrics(self)                               # Node.__init__, first
     self.storage = Storage(config.data_dir, fs=self.metrics.wal_fs())  # every WAL fsync timed
     self.metrics.appended(rd.entries)                              # after storage.append()
     self.metrics.saw_leader(core.leader_id)                        # _publish_status()
@@ -55,20 +55,29 @@ class TimedFileSystem(FileSystem):
         return TimedAppendFile(path, self._observe)
 
 
+def leader_known(node, view: dict) -> bool:
+    """Whether the node leads, or heard from its leader within an election timeout: a follower cut
+    off from the leader goes on naming it in its status while it looks for a new one."""
+    if view["is_leader"]:
+        return True
+    core = node.core
+    return view["leader"] is not None and time.monotonic() - core.leader_contact < core.election_timeout
+
+
 class RaftCollector:
     """Gauges read from the node's status view at scrape time."""
 
-    def __init__(self, status: Callable[[], dict]):
-        self.status = status
+    def __init__(self, node):
+        self.node = node
 
     def collect(self):
-        view = self.status()
+        view = self.node.status()
 
         def gauge(name: str, text: str, value) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, text, value=float(value))
         yield gauge("pickledb_raft_term", "Current Raft term of this node.", view["term"])
         yield gauge("pickledb_raft_is_leader", "1 if this node is the leader, else 0.", view["is_leader"])
-        yield gauge("pickledb_raft_has_leader", "1 if this node knows a leader, else 0.", view["leader"] is not None)
+        yield gauge("pickledb_raft_has_leader", "1 if this node leads or heard from its leader within an election timeout, else 0.", leader_known(self.node, view))
         yield gauge("pickledb_raft_commit_index", "Highest log index this node knows to be committed.",
                     view["commit_index"])
         yield gauge("pickledb_raft_applied_index", "Highest log index applied to this node's state machine.",
@@ -86,9 +95,10 @@ class RaftCollector:
 
 
 class NodeMetrics:
-    def __init__(self, status: Callable[[], dict]):
+    def __init__(self, node):
+        """`node` gives status() and its RaftCore, read at scrape time only."""
         self.registry = CollectorRegistry()
-        self.registry.register(RaftCollector(status))
+        self.registry.register(RaftCollector(node))
         self.fsync_seconds = Histogram(
             "pickledb_wal_fsync_seconds", "Time of each fsync of the write-ahead log (one per batch of writes).",
             buckets=FSYNC_BUCKETS, registry=self.registry)

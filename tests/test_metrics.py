@@ -3,6 +3,8 @@ middleware's bounded labels, and the exposition and docs/ files checked by promt
 import os
 import shutil
 import subprocess
+import time
+from types import SimpleNamespace
 
 from flask import Flask, Response
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,6 +25,12 @@ def status_view(**changes) -> dict:
     return view
 
 
+def fake_node(view: dict, heard_ago: float = 0.0):
+    """What the collector reads of a node: its status view and its core's leader contact time."""
+    core = SimpleNamespace(leader_contact=time.monotonic() - heard_ago, election_timeout=1.0)
+    return SimpleNamespace(status=lambda: view, core=core)
+
+
 def samples(metrics: NodeMetrics) -> dict:
     """{(name, frozenset(labels)): value} of one scrape."""
     text, _ = metrics.render(None)
@@ -36,7 +44,8 @@ def value(scrape: dict, name: str, **labels):
 
 def test_raft_gauges_are_read_from_the_status_at_scrape_time():
     view = status_view()
-    metrics = NodeMetrics(lambda: view)
+    node = fake_node(view)
+    metrics = NodeMetrics(node)
     s = samples(metrics)
     assert value(s, "pickledb_raft_term") == 7
     assert value(s, "pickledb_raft_is_leader") == 1
@@ -45,15 +54,20 @@ def test_raft_gauges_are_read_from_the_status_at_scrape_time():
     assert value(s, "pickledb_raft_applied_index") == 39
     assert value(s, "pickledb_replication_lag_entries", peer="http://127.0.0.1:3") == 12
     assert value(s, "pickledb_replication_lag_entries", peer="http://127.0.0.1:2") == 0
-    view.update(role="follower", is_leader=False, leader=None, term=8, peers={})
+    view.update(role="follower", is_leader=False, leader="http://127.0.0.1:2", term=8, peers={})
     s = samples(metrics)
     assert value(s, "pickledb_raft_term") == 8
-    assert value(s, "pickledb_raft_is_leader") == 0 and value(s, "pickledb_raft_has_leader") == 0
+    assert value(s, "pickledb_raft_is_leader") == 0 and value(s, "pickledb_raft_has_leader") == 1
     assert not [k for k in s if k[0] == "pickledb_replication_lag_entries"]
+    node.core.leader_contact -= 1.5  # silent for more than an election timeout: it still names the leader
+    assert value(samples(metrics), "pickledb_raft_has_leader") == 0
+    view.update(leader=None)
+    node.core.leader_contact = time.monotonic()
+    assert value(samples(metrics), "pickledb_raft_has_leader") == 0
 
 
 def test_two_nodes_in_one_process_keep_separate_registries():
-    a, b = NodeMetrics(status_view), NodeMetrics(lambda: status_view(term=1))
+    a, b = NodeMetrics(fake_node(status_view())), NodeMetrics(fake_node(status_view(term=1)))
     a.saw_leader("x")
     assert value(samples(a), "pickledb_raft_leader_changes_total") == 1
     assert value(samples(b), "pickledb_raft_leader_changes_total") == 0
@@ -61,14 +75,14 @@ def test_two_nodes_in_one_process_keep_separate_registries():
 
 
 def test_leader_changes_count_each_new_leader_once():
-    metrics = NodeMetrics(status_view)
+    metrics = NodeMetrics(fake_node(status_view()))
     for leader in (None, "a", "a", None, "a", "b", "b", None, "c"):
         metrics.saw_leader(leader)
     assert value(samples(metrics), "pickledb_raft_leader_changes_total") == 3  # a, b, c
 
 
 def test_every_wal_fsync_of_a_real_storage_is_timed(tmp_path):
-    metrics = NodeMetrics(status_view)
+    metrics = NodeMetrics(fake_node(status_view()))
     storage = Storage(str(tmp_path / "data"), fs=metrics.wal_fs())
     storage.load()
     before = value(samples(metrics), "pickledb_wal_fsync_seconds_count")
@@ -86,7 +100,7 @@ def test_every_wal_fsync_of_a_real_storage_is_timed(tmp_path):
 
 def instrumented_app():
     app = Flask(__name__)
-    metrics = NodeMetrics(status_view)
+    metrics = NodeMetrics(fake_node(status_view()))
 
     @app.get("/tasks/<task_id>")
     def task(task_id):
