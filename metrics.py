@@ -77,7 +77,8 @@ class RaftCollector:
             return GaugeMetricFamily(name, text, value=float(value))
         yield gauge("pickledb_raft_term", "Current Raft term of this node.", view["term"])
         yield gauge("pickledb_raft_is_leader", "1 if this node is the leader, else 0.", view["is_leader"])
-        yield gauge("pickledb_raft_has_leader", "1 if this node leads or heard from its leader within an election timeout, else 0.", leader_known(self.node, view))
+        yield gauge("pickledb_raft_has_leader", "1 if this node leads or heard from its leader within an "
+                    "election timeout, else 0.", leader_known(self.node, view))
         yield gauge("pickledb_raft_commit_index", "Highest log index this node knows to be committed.",
                     view["commit_index"])
         yield gauge("pickledb_raft_applied_index", "Highest log index applied to this node's state machine.",

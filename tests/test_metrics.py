@@ -6,9 +6,12 @@ import subprocess
 import time
 from types import SimpleNamespace
 
+import pytest
+import requests
 from flask import Flask, Response
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness import Cluster
 from metrics import NodeMetrics
 from storage import Storage
 
@@ -31,11 +34,20 @@ def fake_node(view: dict, heard_ago: float = 0.0):
     return SimpleNamespace(status=lambda: view, core=core)
 
 
-def samples(metrics: NodeMetrics) -> dict:
+def parse(text: str) -> dict:
     """{(name, frozenset(labels)): value} of one scrape."""
-    text, _ = metrics.render(None)
     return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text.decode()) for s in family.samples}
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def samples(metrics: NodeMetrics) -> dict:
+    return parse(metrics.render(None)[0].decode())
+
+
+def scrape(url: str) -> dict:
+    r = requests.get(url + "/metrics", timeout=5)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain; version=0.0.4"), r.text
+    return parse(r.text)
 
 
 def value(scrape: dict, name: str, **labels):
@@ -219,3 +231,33 @@ def test_alert_rules_fire_on_the_conditions_they_name(tmp_path):
     tests.write_text(ALERT_TESTS.format(rules=os.path.join(ROOT, "docs", "alerts.yml")))
     result = subprocess.run([PROMTOOL, "test", "rules", str(tests)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.cluster
+def test_metrics_of_a_real_cluster(tmp_path):
+    """A 3-node cluster: the leader's and a follower's scrapes agree with their /status, the
+    leader exports each peer's lag, requests are counted by url rule, and the runtime feeds the
+    write-path histograms (fsync, batch size)."""
+    with Cluster(tmp_path / "c", n=3, base_port=26200) as c:
+        leader = c.by_url(c.wait_for_leader())
+        ids = [requests.post(leader.url + "/tasks", json={"title": f"t{i}"}, timeout=10).json()["id"]
+               for i in range(5)]
+        for task_id in ids:
+            assert requests.get(f"{leader.url}/tasks/{task_id}", timeout=10).status_code == 200
+        c.wait_converged()
+        follower = next(n for n in c.nodes if n is not leader)
+        for node, is_leader in ((leader, 1), (follower, 0)):
+            s = scrape(node.url)
+            view = node.status()
+            assert value(s, "pickledb_raft_is_leader") == is_leader and value(s, "pickledb_raft_has_leader") == 1
+            assert value(s, "pickledb_raft_term") == view["term"]
+            assert value(s, "pickledb_raft_applied_index") == view["applied_index"] >= 6
+            assert value(s, "pickledb_raft_leader_changes_total") >= 1
+            assert value(s, "pickledb_wal_fsync_seconds_count") >= 1
+            assert value(s, "pickledb_append_batch_entries_sum") >= 6  # the no-op and five creates
+        s = scrape(leader.url)
+        lag = {dict(labels)["peer"]: v for (name, labels), v in s.items() if name == "pickledb_replication_lag_entries"}
+        assert set(lag) == {n.url for n in c.nodes if n is not leader} and all(v >= 0 for v in lag.values())
+        assert value(s, "pickledb_http_requests_total", route="/tasks", method="POST", status="201") == 5
+        assert value(s, "pickledb_http_requests_total", route="/tasks/<task_id>", method="GET", status="200") == 5
+        assert not [k for k in s if ids[0] in str(k)]  # no raw path in any label
