@@ -4,7 +4,8 @@ RPC layer (transport.py) wraps the app.
 
 At the edge, before anything is proposed: only the node's own host names are served (DNS
 rebinding), writes must be JSON and must not come from a foreign origin (CSRF). Every route
-declares the permission it needs (auth.py); the app refuses to start if one does not.
+declares the permission it needs (auth.py); the app refuses to start if one does not. With an
+authenticator, the caller's token (or a forwarding node's signed identity) must grant it.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import os
 import re
 from urllib.parse import urlsplit
 
-from flask import Flask, request, send_file
+from flask import Flask, g, request, send_file
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import RequestRedirect
@@ -24,9 +25,9 @@ import api_events
 import api_kv
 import api_ops
 import api_tasks
-from api_common import (MAX_BODY, RELAYED_HEADERS, AnyPathConverter, BadRequest, NodeContext, error,
-                        host_name)
-from auth import open_route, permission_of
+from api_common import (ALLOWED_REQUEST_HEADERS, MAX_BODY, RELAYED_HEADERS, AnyPathConverter, BadRequest,
+                        NodeContext, error, host_name, request_target)
+from auth import OPEN, AuthError, Authenticator, forbidden, open_route, permission_of
 from cluster_manager import ClientError, Node
 from transport import raft_rpc
 
@@ -65,15 +66,16 @@ def served_names(node: Node, extra_hosts=()) -> tuple[set[str], set[str]]:
 
 
 
-def create_app(node: Node, extra_hosts=()) -> Flask:
+def create_app(node: Node, extra_hosts=(), authenticator: Authenticator | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.json.sort_keys = False
     app.url_map.merge_slashes = False  # no redirects (Flask sends them as HTML); /jobs/a//b reads key "a//b"
     app.url_map.converters["anypath"] = AnyPathConverter
     hosts, origins = served_names(node, extra_hosts)
-    CORS(app, origins=sorted(origins), expose_headers=list(RELAYED_HEADERS))
-    app.extensions["pickledb"] = NodeContext.build(node)
+    CORS(app, origins=sorted(origins), allow_headers=list(ALLOWED_REQUEST_HEADERS),
+         expose_headers=list(RELAYED_HEADERS))
+    app.extensions["pickledb"] = NodeContext.build(node, authenticator)
 
     # -------------------------------------------------------------- errors
     @app.errorhandler(BadRequest)
@@ -83,6 +85,12 @@ def create_app(node: Node, extra_hosts=()) -> Flask:
     @app.errorhandler(ClientError)
     def client_error(exc: ClientError):
         return error(exc.status, exc.code, exc.message, exc.retry_after)
+
+    @app.errorhandler(AuthError)
+    def auth_error(exc: AuthError):
+        response = error(exc.status, exc.code, exc.message)
+        response.headers.update(exc.headers)
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
@@ -124,6 +132,22 @@ def create_app(node: Node, extra_hosts=()) -> Flask:
                 and environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower() != "application/json"):
             raise BadRequest("the body must be sent as Content-Type: application/json", 415,
                              "unsupported_media_type")
+
+    if authenticator is not None:
+        @app.before_request
+        def check_permission():
+            req = request._get_current_object()
+            # A CORS preflight carries no credentials; an unknown route or method is answered as such.
+            if req.method == "OPTIONS" or req.url_rule is None:
+                return
+            permission = permission_of(app.view_functions[req.url_rule.endpoint])
+            if permission == OPEN:
+                return
+            identity = authenticator.identify(req.environ, request_target(req.environ),
+                                              lambda: req.get_data(cache=True))
+            if not identity.allows(permission):
+                raise forbidden(identity, permission)
+            g.identity = identity  # a forwarded request carries it to the leader
 
     @app.get("/")
     @open_route

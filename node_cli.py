@@ -15,6 +15,7 @@ import threading
 import unicodedata
 from urllib.parse import urlsplit
 
+import auth
 from http_server import HTTPServer, Limits
 
 DEFAULT_PORTS = (4000, 4001, 4002)
@@ -58,6 +59,7 @@ def parse_args(argv, default_port: int):
     p.add_argument("--cluster-secret", default=os.environ.get("PICKLEDB_CLUSTER_SECRET") or None,
                    help="shared secret for node-to-node requests (default: $PICKLEDB_CLUSTER_SECRET; "
                         "an empty variable counts as unset)")
+    auth.add_arguments(p)
     args = p.parse_args(argv)
     if not 0 < args.port < 65536:
         p.error("--port must be between 1 and 65535")
@@ -188,6 +190,10 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
     snapshot_every = os.environ.get("PICKLEDB_SNAPSHOT_EVERY", "10000")
     if not (snapshot_every.isdigit() and int(snapshot_every) > 0):
         return fail(f"PICKLEDB_SNAPSHOT_EVERY must be a positive integer, not {snapshot_every!r}")
+    try:
+        authenticator = auth.authenticator_from_args(args, loopback=is_loopback(args.host))
+    except auth.AuthFileError as exc:
+        return fail(str(exc))
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{args.port}] %(levelname)s %(name)s: %(message)s")
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     config = NodeConfig(
@@ -205,7 +211,7 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
     except OSError as exc:  # read-only, not a directory, disk full...
         return fail(f"cannot use data directory {config.data_dir}: {describe(exc)}")
     try:
-        server = HTTPServer(create_app(node), args.host, args.port, peer_routes(),
+        server = HTTPServer(create_app(node, authenticator=authenticator), args.host, args.port, peer_routes(),
                             limits=dataclasses.replace(LIMITS, client_body=MAX_BODY),
                             peer_auth=peer_auth(args.cluster_secret), on_stop=node.begin_shutdown)
     except (OSError, ValueError) as exc:  # in use, not an address of this machine
@@ -222,6 +228,8 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, shut_down)
     signal.signal(signal.SIGINT, shut_down)
+    if authenticator is not None:
+        signal.signal(signal.SIGHUP, lambda signum, frame: authenticator.reload())
     node.start()
     logging.getLogger("pickledb_cluster.node").info(
         "node %s serving at %s (listening on %s:%d; data: %s)", node.id, node.url, args.host, args.port, config.data_dir)
