@@ -14,13 +14,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
+import tempfile
 import time
 import uuid
 from urllib.parse import quote, urlsplit
 
 import click
 import requests
+
+import auth
 
 DEFAULT_URLS = "http://127.0.0.1:4000,http://127.0.0.1:4001,http://127.0.0.1:4002"  # run_cluster.sh's
 CONNECT_TIMEOUT = 2.0
@@ -130,20 +132,21 @@ def client(ctx: click.Context) -> Client:
     return ctx.obj["client"]
 
 
+def checked_url(url: str, hint: str) -> str:
+    url = url.strip().rstrip("/")
+    parts = urlsplit(url)
+    try:
+        parts.port
+    except ValueError:
+        raise click.BadParameter(f"{url!r} has an invalid port", param_hint=hint)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
+        raise click.BadParameter(f"{url!r} must look like http://HOST:PORT", param_hint=hint)
+    return url
+
+
 def parse_urls(values: tuple[str, ...]) -> list[str]:
-    raw = list(values) or [u for u in os.environ.get("PICKLEDB_URLS", DEFAULT_URLS).split(",")]
-    urls = []
-    for url in (u.strip().rstrip("/") for u in raw):
-        if not url:
-            continue
-        parts = urlsplit(url)
-        try:
-            parts.port
-        except ValueError:
-            raise click.BadParameter(f"{url!r} has an invalid port", param_hint="--url")
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
-            raise click.BadParameter(f"{url!r} must look like http://HOST:PORT", param_hint="--url")
-        urls.append(url)
+    raw = list(values) or os.environ.get("PICKLEDB_URLS", DEFAULT_URLS).split(",")
+    urls = [checked_url(u, "--url / $PICKLEDB_URLS") for u in raw if u.strip()]
     if not urls:
         raise click.BadParameter("no node URL given", param_hint="--url / $PICKLEDB_URLS")
     return urls
@@ -182,7 +185,9 @@ def status(ctx):
     def human(v):
         rows = [[n.get("id") or n.get("url"), n.get("role"), n.get("term"), n.get("commit_index"),
                  n.get("applied_index"), n.get("lag")] for n in v.get("nodes", [])]
-        head = f"leader: {v.get('cluster_leader') or 'none'}"
+        leader = v.get("cluster_leader")
+        where = next((n.get("url") for n in v.get("nodes", []) if n.get("id") == leader and n.get("url") != leader), None)
+        head = f"leader: {leader or 'none'}" + (f" ({where})" if where else "")
         if v.get("cluster_id"):
             head += f"   cluster: {v['cluster_id']}"
         return head + "\n" + table(["NODE", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG"], rows)
@@ -195,7 +200,17 @@ def members(ctx):
     """List the members (no subcommand), or add or remove one."""
     if ctx.invoked_subcommand is not None:
         return
-    view = client(ctx).json("GET", "/cluster/members")
+    c = client(ctx)
+    view = c.json("GET", "/cluster/members")
+    answered = c.urls[c.current]
+    if view.get("leader_url") and view["leader_url"] != answered:
+        # Only the leader knows each member's match index and reachability.
+        try:
+            resp = c.session.get(view["leader_url"] + "/cluster/members", timeout=(CONNECT_TIMEOUT, c.timeout))
+            if resp.status_code == 200:
+                view = resp.json()
+        except (requests.RequestException, ValueError):
+            pass  # the follower's view, without progress
 
     def human(v):
         rows = [[m["id"] + (" *" if m["id"] == v.get("leader") else ""), m.get("url"), m.get("role"),
@@ -220,8 +235,7 @@ def members_add(ctx, url, node_id, learner):
     c = client(ctx)
     view = c.json("POST", "/cluster/members", ok=(200, 201), body=body, write=True,
                   timeout=max(c.timeout, MEMBER_CHANGE_SECONDS))
-    emit(ctx, view, lambda v: f"added {v.get('id', body['url'])} ({v.get('role', 'member')})"
-         if isinstance(v, dict) else "added")
+    emit(ctx, view, lambda v: f"member {v['member']['id']} at {v['member']['url']} is a {v['member']['role']}")
 
 
 @members.command("remove")
@@ -244,7 +258,7 @@ def leader():
 def leader_transfer(ctx, node_id):
     """Hand leadership to ID, or to the most up-to-date voter."""
     view = client(ctx).json("POST", "/cluster/leader", body={"id": node_id} if node_id else {}, write=True)
-    emit(ctx, view, lambda v: f"leader: {v.get('leader', node_id)}" if isinstance(v, dict) else "transferred")
+    emit(ctx, view, lambda v: f"leader: {v['leader']} ({v['url']})")
 
 
 # ---------------------------------------------------------------------- tasks
@@ -347,21 +361,15 @@ def server_sent_events(resp: requests.Response):
             data.append(value)
 
 
-def event_index(event_id: str | None, data) -> int | None:
-    if event_id and event_id.isdigit():
-        return int(event_id)
-    return data.get("index") if isinstance(data, dict) and isinstance(data.get("index"), int) else None
-
-
 @cli.command()
 @click.option("--since", type=int, default=None, help="start after this event id (log index)")
 @click.option("--count", type=int, default=None, callback=positive, help="stop after this many events")
 @click.pass_context
 def watch(ctx, since, count):
-    """Follow the event stream; on a lost node or a closed stream, resume on another node from the last id."""
+    """Follow the event stream (change, applied and reset events). When a node goes away or
+    closes the stream, resume on the next node after the last event id (Last-Event-ID)."""
     c = client(ctx)
     last_id = str(since) if since is not None else None
-    last_index = since
     seen = 0
 
     def streaming(resp):
@@ -380,13 +388,8 @@ def watch(ctx, since, count):
                     data = json.loads(raw)
                 except ValueError:
                     data = raw
-                index = event_index(event_id, data)
-                if index is not None and last_index is not None and index <= last_index:
-                    continue  # already shown before a reconnect
                 if event_id:
-                    last_id = event_id
-                if index is not None:
-                    last_index = index
+                    last_id = event_id  # every id is a resume point: all changes up to it were sent
                 if ctx.obj["json"]:
                     click.echo(json.dumps({"id": event_id, "event": event, "data": data}, sort_keys=True))
                 else:
@@ -399,6 +402,106 @@ def watch(ctx, since, count):
         finally:
             resp.close()
         c.current = (c.current + 1) % len(c.urls)
+
+
+# ---------------------------------------------------------------------- backups
+@cli.command("backup")
+@click.argument("path", metavar="FILE", type=click.Path(dir_okay=False, writable=True))
+@click.option("--stale", is_flag=True, help="take it from the answering node's state, even if it lags")
+@click.pass_context
+def backup_command(ctx, path, stale):
+    """Save a consistent backup of the cluster to FILE (replaced only once complete and verified)."""
+    import backup
+    c = client(ctx)
+    resp = c.request("GET", "/cluster/backup", params={"consistency": "stale"} if stale else None, stream=True)
+    if resp.status_code != 200:
+        raise Failure(server_message(resp))
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        handle = tempfile.NamedTemporaryFile(dir=directory, prefix=".pdbctl-backup-", delete=False)
+    except OSError as exc:
+        raise Failure(f"cannot write in {directory}: {exc.strerror or exc}")
+    try:
+        with resp, handle:
+            try:
+                for chunk in resp.iter_content(BACKUP_CHUNK):
+                    handle.write(chunk)
+            except requests.RequestException as exc:
+                raise Failure(f"{resp.url}: the backup was cut off: {describe_error(exc)}")
+            handle.flush()
+            os.fsync(handle.fileno())
+        descriptor, _ = backup.read_backup(handle.name)  # checksum, format, counts
+        with open(handle.name, "rb") as f:
+            f.seek(-66, os.SEEK_END)
+            checksum = backup.backup_checksum(f.read())
+        announced = resp.headers.get("X-PickleDB-Backup-SHA256")
+        if announced and announced != checksum:
+            raise Failure(f"{resp.url}: the backup's checksum {checksum} is not the one announced ({announced})")
+        os.replace(handle.name, path)
+    except backup.BackupError as exc:
+        raise Failure(str(exc))
+    except OSError as exc:
+        raise Failure(f"cannot write {path}: {exc.strerror or exc}")
+    finally:
+        if os.path.exists(handle.name):
+            os.unlink(handle.name)
+    summary = {**descriptor, "file": path, "sha256": checksum}
+    emit(ctx, summary, lambda d: f"saved {path}: index {d['index']}, {d['tasks']} tasks, {d['keys']} keys, "
+                                 f"cluster {d['cluster_id']}, sha256 {d['sha256']}")
+
+
+@cli.command("restore")
+@click.argument("path", metavar="FILE", type=click.Path(exists=True, dir_okay=False))
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False),
+              help="the first node's data directory (missing or empty)")
+@click.option("--node-url", required=True, help="that node's URL, e.g. http://127.0.0.1:4000")
+@click.option("--node-id", default=None, help="that node's id (default: HOST:PORT of --node-url)")
+@click.pass_context
+def restore_command(ctx, path, data_dir, node_url, node_id):
+    """Offline: seed a NEW one-node cluster (new cluster id) from backup FILE. Start that node
+    without --peers, then grow the cluster with nodes started with --join."""
+    import backup
+    node_url = checked_url(node_url, "--node-url")
+    node_id = node_id or backup.default_node_id(node_url)
+    try:
+        done = backup.restore(path, data_dir, node_id, node_url)
+    except backup.BackupError as exc:
+        raise Failure(str(exc))
+    emit(ctx, done, lambda d: f"restored {d['tasks']} tasks and {d['keys']} keys at index {d['index']} into "
+                              f"{data_dir}: new cluster {d['cluster_id']} with one voter {node_id} ({node_url})")
+
+
+# ---------------------------------------------------------------------- tokens
+@cli.group()
+def token():
+    """Client tokens of a node's --auth-file."""
+
+
+def token_name(ctx, param, value):
+    if not auth.NAME_PATTERN.fullmatch(value):
+        raise click.BadParameter("must be 1-64 characters of A-Z a-z 0-9 . _ @ -")
+    return value
+
+
+@token.command("add")
+@click.argument("name", callback=token_name)
+@click.argument("role", type=click.Choice(auth.ROLES))
+@click.option("--auth-file", required=True, type=click.Path(dir_okay=False),
+              help="the auth file the nodes read (created with mode 0600 if missing)")
+@click.pass_context
+def token_add(ctx, name, role, auth_file):
+    """Create token NAME with ROLE in the auth file; the token is printed once (the file keeps its
+    SHA-256). Copy the file to every node and send them SIGHUP to load it."""
+    try:
+        secret = auth.create_token(auth_file, name, role)
+    except auth.AuthFileError as exc:
+        raise Failure(str(exc))
+    except OSError as exc:
+        raise Failure(f"cannot write auth file {auth_file}: {exc.strerror or exc}")
+    emit(ctx, {"name": name, "role": role, "token": secret, "auth_file": auth_file}, lambda d: d["token"])
+    if not ctx.obj["json"]:
+        click.echo(f"token {name!r} ({role}) added to {auth_file}; it is shown only now. Send SIGHUP to the "
+                   "nodes to load it.", err=True)
 
 
 # ---------------------------------------------------------------------- entry point

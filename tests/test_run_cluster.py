@@ -50,7 +50,7 @@ def run(checkout, *args, timeout=120):
 
 
 def node_lines(status_text):
-    return [line for line in status_text.splitlines() if line.startswith("http://")]
+    return [line for line in status_text.splitlines() if " term=" in line or line.endswith("  down")]
 
 
 def test_start_status_twice_stop(checkout):
@@ -127,3 +127,58 @@ def test_bad_options_are_reported(checkout):
         assert r.stderr.startswith(f"error: {message}") and "Traceback" not in r.stderr, (args, r.stderr)
         assert r.stderr.count("\n") == 2 and r.stdout == "", (args, r.stderr)
     assert not (checkout / ".cluster").exists()  # nothing was started or written
+
+
+def pids(checkout):
+    return {p.name: p.read_text().strip() for p in checkout.glob(".cluster/node_*.pid")}
+
+
+def test_add_restart_remove_rolling_restart(checkout):
+    """The launcher's membership commands on a running 3-node cluster, through the membership API."""
+    base = consecutive_free_ports(4)
+    r = run(checkout, "--base-port", str(base), "--heartbeat-interval", "0.1", "--election-timeout", "0.6")
+    assert r.returncode == 0, r.stdout + r.stderr
+    created = requests.post(f"http://127.0.0.1:{base}/tasks", json={"title": "kept"}, timeout=10)
+    assert created.status_code == 201
+    resize = run(checkout, "--nodes", "4", "--base-port", str(base))
+    assert resize.returncode == 1 and "'./run_cluster.sh add'" in resize.stderr
+
+    added = run(checkout, "add")
+    assert added.returncode == 0 and f"Node {base + 3} joined the cluster as a voter" in added.stdout, added.stderr
+    members = requests.get(f"http://127.0.0.1:{base}/cluster/members", timeout=10).json()["members"]
+    assert sorted((m["url"], m["role"]) for m in members) == [
+        (f"http://127.0.0.1:{p}", "voter") for p in range(base, base + 4)]
+    assert (checkout / ".cluster" / "ports").read_text().split() == [str(p) for p in range(base, base + 4)]
+
+    before = pids(checkout)
+    restarted = run(checkout, "restart", str(base + 3))  # a joined node comes back with --join, ignored
+    assert restarted.returncode == 0 and len(node_lines(restarted.stdout)) == 4, restarted.stderr
+    assert "catching up" not in restarted.stdout
+    assert pids(checkout)[f"node_{base + 3}.pid"] != before[f"node_{base + 3}.pid"]
+    task = requests.get(f"http://127.0.0.1:{base + 3}/tasks?consistency=stale", timeout=10).json()["tasks"]
+    assert [t["title"] for t in task] == ["kept"]
+
+    removed = run(checkout, "remove", str(base + 3))
+    assert removed.returncode == 0 and f"Node {base + 3} (127.0.0.1:{base + 3}) was removed" in removed.stdout
+    assert len(node_lines(removed.stdout)) == 3 and not (checkout / "data" / f"node_{base + 3}").exists()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{base + 3}/health", timeout=2)
+    members = requests.get(f"http://127.0.0.1:{base}/cluster/members", timeout=10).json()["members"]
+    assert len(members) == 3
+
+    leader_before = requests.get(f"http://127.0.0.1:{base}/status", timeout=10).json()["leader"]
+    before = pids(checkout)
+    rolled = run(checkout, "rolling-restart")
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    leader_port = leader_before.rsplit(":", 1)[1]
+    # Followers first, the leader last, after it handed leadership over.
+    order = [line.split()[2].rstrip(".") for line in rolled.stdout.splitlines() if line.startswith("Restarting node")]
+    assert sorted(order) == [str(p) for p in range(base, base + 3)] and order[-1] == leader_port
+    assert rolled.stdout.index("Transferring leadership") < rolled.stdout.index(f"Restarting node {leader_port}")
+    after = pids(checkout)
+    assert set(after) == set(before) and all(after[k] != before[k] for k in before)
+    lines = node_lines(rolled.stdout)
+    assert len(lines) == 3 and "catching up" not in rolled.stdout
+    assert requests.get(f"http://127.0.0.1:{base}/status", timeout=10).json()["leader"] != leader_before
+    tasks = requests.get(f"http://127.0.0.1:{base + 1}/tasks", timeout=10).json()["tasks"]
+    assert [t["title"] for t in tasks] == ["kept"]
