@@ -24,7 +24,6 @@ SERVER_THREADS = LIMITS.client_threads
 CONNECTION_LIMIT = LIMITS.client_connections
 SNAPSHOT_PATH = "/raft/snapshot"
 NODE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-UNSPECIFIED = ("0.0.0.0", "::", "")
 
 
 def is_loopback(host: str) -> bool:
@@ -48,10 +47,12 @@ def parse_args(argv, default_port: int):
                    help="this node's stable id, [A-Za-z0-9._:-]{1,64} (default: HOST:PORT of its URL)")
     p.add_argument("--advertise-url", default=None,
                    help="the URL other nodes and clients reach this node at (default http://HOST:PORT); "
-                        "needed when listening on 0.0.0.0")
+                        "give it when listening on 0.0.0.0")
     p.add_argument("--join", default=None,
                    help="comma-separated URLs of members of an existing cluster: an empty node asks them "
                         "to add it (as a voter once caught up); --peers is then ignored")
+    p.add_argument("--learner", action="store_true",
+                   help="with --join: stay a learner (receives the log, never votes) instead of becoming a voter")
     p.add_argument("--data-dir", default=None, help="data directory (default data/node_<port>)")
     p.add_argument("--heartbeat-interval", type=float, default=2.0, help="seconds between leader heartbeats (default 2)")
     p.add_argument("--election-timeout", type=float, default=5.0,
@@ -71,8 +72,6 @@ def parse_args(argv, default_port: int):
         args.advertise_url = args.advertise_url.strip().rstrip("/")
         if not valid_peer_url(args.advertise_url):
             p.error(f"--advertise-url {args.advertise_url!r} must look like http://HOST:PORT")
-    elif args.host in UNSPECIFIED:
-        p.error(f"--advertise-url is required when listening on {args.host!r} (all addresses)")
     own_url = args.advertise_url or f"http://{args.host}:{args.port}"
     if args.node_id is not None and not NODE_ID.fullmatch(args.node_id):
         p.error("--node-id must be 1-64 characters of A-Z a-z 0-9 . _ : -")
@@ -86,6 +85,8 @@ def parse_args(argv, default_port: int):
             if not valid_peer_url(url):
                 p.error(f"--join URL {url!r} must look like http://HOST:PORT")
         args.peers = args.peers or ""
+    if args.learner and not args.join_list:
+        p.error("--learner needs --join")
     if args.peers is None:
         if args.port not in DEFAULT_PORTS:
             p.error(f"--peers is required when --port is not one of {DEFAULT_PORTS}")
@@ -199,6 +200,7 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
     config = NodeConfig(
         host=args.host, port=args.port, peers=args.peer_list, peer_ids=args.peer_ids,
         node_id=args.node_id, advertise_url=args.advertise_url, join=args.join_list,
+        join_as_learner=args.learner,
         data_dir=args.data_dir or os.path.join("data", f"node_{args.port}"),
         heartbeat_interval=args.heartbeat_interval, election_timeout=args.election_timeout,
         first_election_timeout=(args.election_timeout * first_election_factor if first_election_factor else None),
