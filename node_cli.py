@@ -8,8 +8,10 @@ import ipaddress
 import logging
 import math
 import os
+import re
 import signal
 import sys
+import threading
 import unicodedata
 from urllib.parse import urlsplit
 
@@ -20,6 +22,8 @@ LIMITS = Limits()
 SERVER_THREADS = LIMITS.client_threads
 CONNECTION_LIMIT = LIMITS.client_connections
 SNAPSHOT_PATH = "/raft/snapshot"
+NODE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+UNSPECIFIED = ("0.0.0.0", "::", "")
 
 
 def is_loopback(host: str) -> bool:
@@ -36,7 +40,17 @@ def parse_args(argv, default_port: int):
     p.add_argument("--port", type=int, default=default_port, help=f"HTTP port (default {default_port})")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on and to be known by (default 127.0.0.1)")
     p.add_argument("--peers", default=None,
-                   help="comma-separated base URLs of the other nodes (default: the other two of 4000-4002)")
+                   help="the other nodes of a NEW cluster, comma-separated, each URL or ID=URL (default: "
+                        "the other two of 4000-4002); only read when the data dir is empty: afterwards "
+                        "the membership lives in the raft log")
+    p.add_argument("--node-id", default=None,
+                   help="this node's stable id, [A-Za-z0-9._:-]{1,64} (default: HOST:PORT of its URL)")
+    p.add_argument("--advertise-url", default=None,
+                   help="the URL other nodes and clients reach this node at (default http://HOST:PORT); "
+                        "needed when listening on 0.0.0.0")
+    p.add_argument("--join", default=None,
+                   help="comma-separated URLs of members of an existing cluster: an empty node asks them "
+                        "to add it (as a voter once caught up); --peers is then ignored")
     p.add_argument("--data-dir", default=None, help="data directory (default data/node_<port>)")
     p.add_argument("--heartbeat-interval", type=float, default=2.0, help="seconds between leader heartbeats (default 2)")
     p.add_argument("--election-timeout", type=float, default=5.0,
@@ -51,18 +65,52 @@ def parse_args(argv, default_port: int):
         p.error("--heartbeat-interval and --election-timeout must be positive numbers")
     if args.election_timeout < 2 * args.heartbeat_interval:
         p.error("--election-timeout must be at least twice --heartbeat-interval")
+    if args.advertise_url is not None:
+        args.advertise_url = args.advertise_url.strip().rstrip("/")
+        if not valid_peer_url(args.advertise_url):
+            p.error(f"--advertise-url {args.advertise_url!r} must look like http://HOST:PORT")
+    elif args.host in UNSPECIFIED:
+        p.error(f"--advertise-url is required when listening on {args.host!r} (all addresses)")
+    own_url = args.advertise_url or f"http://{args.host}:{args.port}"
+    if args.node_id is not None and not NODE_ID.fullmatch(args.node_id):
+        p.error("--node-id must be 1-64 characters of A-Z a-z 0-9 . _ : -")
+    own_id = args.node_id or urlsplit(own_url).netloc
+    args.join_list = []
+    if args.join is not None:
+        args.join_list = [u.strip().rstrip("/") for u in args.join.split(",") if u.strip()]
+        if not args.join_list:
+            p.error("--join needs at least one member URL")
+        for url in args.join_list:
+            if not valid_peer_url(url):
+                p.error(f"--join URL {url!r} must look like http://HOST:PORT")
+        args.peers = args.peers or ""
     if args.peers is None:
         if args.port not in DEFAULT_PORTS:
             p.error(f"--peers is required when --port is not one of {DEFAULT_PORTS}")
         args.peers = ",".join(f"http://{args.host}:{q}" for q in DEFAULT_PORTS if q != args.port)
-    args.peer_list = [u.strip().rstrip("/") for u in args.peers.split(",") if u.strip()]
-    for url in args.peer_list:
+    args.peer_list, args.peer_ids = [], []
+    for item in (i.strip() for i in args.peers.split(",")):
+        if not item:
+            continue
+        peer_id, sep, url = item.partition("=")
+        if not sep:
+            peer_id, url = "", item
+        url = url.strip().rstrip("/")
         if not valid_peer_url(url):
             p.error(f"peer URL {url!r} must look like http://HOST:PORT (port 1-65535, nothing after it)")
+        peer_id = peer_id.strip() or urlsplit(url).netloc
+        if not NODE_ID.fullmatch(peer_id):
+            p.error(f"peer id {peer_id!r} must be 1-64 characters of A-Z a-z 0-9 . _ : -")
+        args.peer_list.append(url)
+        args.peer_ids.append(peer_id)
     if len(set(args.peer_list)) != len(args.peer_list):
         p.error("--peers lists a URL twice")
-    if f"http://{args.host}:{args.port}" in args.peer_list:
-        p.error(f"--peers must list the other nodes, not this one (http://{args.host}:{args.port})")
+    if len(set(args.peer_ids)) != len(args.peer_ids):
+        p.error("--peers lists an id twice")
+    if own_url in args.peer_list or f"http://{args.host}:{args.port}" in args.peer_list:
+        p.error(f"--peers must list the other nodes, not this one ({own_url})")
+    if own_id in args.peer_ids:
+        p.error(f"--peers must list the other nodes, not this one (id {own_id})")
     if args.cluster_secret is not None:
         problem = secret_problem(args.cluster_secret)
         if problem:
@@ -143,7 +191,8 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{args.port}] %(levelname)s %(name)s: %(message)s")
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     config = NodeConfig(
-        host=args.host, port=args.port, peers=args.peer_list,
+        host=args.host, port=args.port, peers=args.peer_list, peer_ids=args.peer_ids,
+        node_id=args.node_id, advertise_url=args.advertise_url, join=args.join_list,
         data_dir=args.data_dir or os.path.join("data", f"node_{args.port}"),
         heartbeat_interval=args.heartbeat_interval, election_timeout=args.election_timeout,
         first_election_timeout=(args.election_timeout * first_election_factor if first_election_factor else None),
@@ -165,15 +214,20 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
         return fail(f"cannot listen on {args.host}:{args.port}: {reason}")
 
     def shut_down(signum, frame):
-        server.stop()
+        # A leader first hands leadership over (about one round trip for the cluster instead of
+        # an election timeout), off the signal handler so the server keeps answering meanwhile.
+        if not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=lambda: (node.hand_over(), server.stop()), name="shutdown", daemon=True).start()
+    stopping = threading.Event()
     signal.signal(signal.SIGTERM, shut_down)
     signal.signal(signal.SIGINT, shut_down)
     node.start()
     logging.getLogger("pickledb_cluster.node").info(
-        "node %s serving (peers: %s; data: %s)", config.url, ", ".join(config.peers) or "none", config.data_dir)
+        "node %s serving at %s (listening on %s:%d; data: %s)", node.id, node.url, args.host, args.port, config.data_dir)
     try:
         server.serve_forever()
     finally:
         node.stop()
-        logging.getLogger("pickledb_cluster.node").info("node %s stopped", config.url)
+        logging.getLogger("pickledb_cluster.node").info("node %s stopped", node.id)
     return 0

@@ -14,6 +14,11 @@ Rules the runtime must follow (they make the safety arguments below hold):
 
 Log indexes start at 1. `snap_index`/`snap_term` describe the last entry folded into the
 latest durable snapshot; the in-memory log holds the entries after it.
+
+Membership (Raft thesis ch. 4, single-server changes): the configuration is data in the log,
+`{"op": "config", "members": [{"id", "url", "role": "voter"|"learner"}, ...]}`, and takes effect
+as soon as it is in a node's log, committed or not; a snapshot carries the configuration at its
+index. Only voters vote, campaign and count in a quorum; learners just receive the log.
 """
 from __future__ import annotations
 
@@ -33,9 +38,13 @@ APPEND_REQ = "append_req"
 APPEND_RESP = "append_resp"
 SNAP_REQ = "snap_req"
 SNAP_RESP = "snap_resp"
-REQUESTS = (VOTE_REQ, APPEND_REQ, SNAP_REQ)
+TIMEOUT_NOW = "timeout_now"  # leadership transfer: the target campaigns at once (thesis 3.10)
+REQUESTS = (VOTE_REQ, APPEND_REQ, SNAP_REQ, TIMEOUT_NOW)  # TimeoutNow has no reply
 
 NOOP = {"op": "noop"}
+CONFIG = "config"  # the "op" of a configuration entry
+VOTER = "voter"
+LEARNER = "learner"
 # An AppendEntries message carries at most MAX_BATCH entries and MAX_APPEND_BYTES of encoded
 # entries (etcd's MaxSizePerMsg), and always at least one entry, so an entry of any size gets through.
 MAX_BATCH = 2048
@@ -52,6 +61,71 @@ class NotLeader(Exception):
 
 class RaftSafetyError(RuntimeError):
     """A step would break a safety property of Raft; the runtime must stop rather than go on."""
+
+
+class ConfigRefused(Exception):
+    """A membership change or leadership transfer the leader cannot start now (or at all)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class TransferInProgress(Exception):
+    """A leadership transfer is under way: proposals wait until it ends (at most an election timeout)."""
+
+    def __init__(self, target: str):
+        super().__init__(f"leadership is being transferred to {target}")
+        self.target = target
+
+
+def is_config(command: Any) -> bool:
+    return isinstance(command, dict) and command.get("op") == CONFIG
+
+
+def normalize_members(members: list[dict]) -> list[dict]:
+    """Members as {"id", "url", "role"} only; ValueError for a malformed list."""
+    out, seen = [], set()
+    for m in members:
+        if not (isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"]
+                and isinstance(m.get("url"), str) and m.get("role") in (VOTER, LEARNER)):
+            raise ValueError(f"malformed member {m!r}: needs a string id and url and a role voter|learner")
+        if m["id"] in seen:
+            raise ValueError(f"member {m['id']} is listed twice")
+        seen.add(m["id"])
+        out.append({"id": m["id"], "url": m["url"], "role": m["role"]})
+    return out
+
+
+class ConfigHistory:
+    """The configurations a node's log holds: the one at the snapshot, then one per config entry
+    after it (etcd keeps the like in its tracker). The newest is the one in effect."""
+
+    def __init__(self, snap_index: int, members: list[dict]):
+        self.changes: list[tuple[int, list[dict]]] = [(snap_index, members)]
+
+    @property
+    def current(self) -> tuple[int, list[dict]]:
+        return self.changes[-1]
+
+    def at(self, index: int) -> list[dict]:
+        if index < self.changes[0][0]:
+            raise ValueError(f"the configuration at {index} is compacted away (snapshot at {self.changes[0][0]})")
+        return next(members for i, members in reversed(self.changes) if i <= index)
+
+    def appended(self, index: int, members: list[dict]) -> None:
+        self.changes.append((index, members))
+
+    def truncated(self, index: int) -> bool:
+        """Drop the configurations of entries from `index` on; True if the one in effect changed."""
+        keep = [c for c in self.changes[1:] if c[0] < index]
+        changed = len(keep) != len(self.changes) - 1
+        self.changes[1:] = keep
+        return changed
+
+    def compacted(self, index: int) -> None:
+        self.changes = [(index, self.at(index))] + [c for c in self.changes if c[0] > index]
 
 
 def _unsized(command: Any) -> int:
@@ -79,21 +153,24 @@ class Ready:
     committed: list[tuple[int, int, Any]] = field(default_factory=list)
     reads: list[tuple[Any, int]] = field(default_factory=list)  # (read_id, index) confirmed
     failed_reads: list[Any] = field(default_factory=list)
+    members: list[dict] | None = None  # the configuration in effect, when it changed
 
     def empty(self) -> bool:
         return not (self.hard_state or self.snapshot or self.entries or self.messages
-                    or self.committed or self.reads or self.failed_reads)
+                    or self.committed or self.reads or self.failed_reads or self.members is not None)
 
 
 class RaftCore:
-    def __init__(self, node_id: str, peers: list[str], *, election_timeout: float,
+    def __init__(self, node_id: str, members: list[dict], *, election_timeout: float,
                  heartbeat_interval: float, now: float, rng: random.Random | None = None,
                  term: int = 0, voted_for: str | None = None,
                  snap_index: int = 0, snap_term: int = 0,
                  entries: list[tuple[int, Any]] | None = None,
                  first_election_timeout: float | None = None,
                  entry_size: Callable[[Any], int] = _unsized):
-        """`entries` are the durable log entries after the snapshot, as (term, command).
+        """`members` is the configuration at `snap_index` (the snapshot's, or the bootstrap one; empty
+        for a node that joins and learns it from the leader); config entries in `entries` follow it.
+        `entries` are the durable log entries after the snapshot, as (term, command).
         `entry_size(command)` is a command's encoded size, for batching AppendEntries by bytes;
         it is asked only for entries whose size `propose` was not given (loaded or received).
 
@@ -104,7 +181,6 @@ class RaftCore:
         follower waiting for a snapshot, then never raises the cluster's term and so never deposes
         a working leader."""
         self.id = node_id
-        self.peers = [p for p in peers if p != node_id]
         self.election_timeout = election_timeout
         self.heartbeat_interval = heartbeat_interval
         self.rng = rng or random.Random()
@@ -121,6 +197,19 @@ class RaftCore:
         self.applied_handed = snap_index  # last index handed out in ready.committed
         self.stable_index = self.last_index()  # everything passed in is durable
         self.now = now
+
+        self.config = ConfigHistory(snap_index, normalize_members(members))
+        for index, (_, command, _) in enumerate(self.log, snap_index + 1):
+            if is_config(command):
+                self.config.appended(index, normalize_members(command["members"]))
+        self.members: list[dict] = []
+        self.voters: set[str] = set()
+        self.learners: set[str] = set()
+        self.peers: list[str] = []  # every member but us
+        self.config_index = 0  # index of the configuration in effect (the snapshot's: snap_index)
+        self._members_changed = False
+        self._use_config()
+        self._members_changed = False  # the runtime built us with these
 
         self._hs_dirty = False
         self._unstable_from: int | None = None
@@ -141,6 +230,9 @@ class RaftCore:
         self.prevoting = False
         self.pre_votes: set[str] = set()
         self.leader_contact = float("-inf")  # when we last accepted a message from the leader
+        self.transferring: str | None = None  # leadership transfer target
+        self.transfer_deadline = 0.0
+        self.transfer_sent = False  # TimeoutNow went out
 
         timeout = first_election_timeout if first_election_timeout is not None else self._random_timeout()
         self.election_deadline = now + timeout
@@ -165,7 +257,36 @@ class RaftCore:
         return term, command
 
     def quorum(self) -> int:
-        return (len(self.peers) + 1) // 2 + 1
+        return len(self.voters) // 2 + 1
+
+    def _quorum_agrees(self, agrees: Callable[[Progress], bool], self_agrees: bool = True) -> bool:
+        """Whether a majority of the voters agree: each voter peer as `agrees` says of its progress,
+        and we ourselves as `self_agrees` says if we are a voter (a leader being removed is not)."""
+        count = sum(1 for v in self.voters if v != self.id and agrees(self.progress[v]))
+        count += self.id in self.voters and self_agrees
+        return count >= self.quorum()
+
+    # ----------------------------------------------------------------- configuration
+    def config_at(self, index: int) -> list[dict]:
+        """The members in effect at `index` (snap_index <= index <= last_index), for snapshot meta."""
+        if index > self.last_index():
+            raise ValueError(f"index {index} is beyond the log (last index {self.last_index()})")
+        return [dict(m) for m in self.config.at(index)]
+
+    def _use_config(self) -> None:
+        """Act on the configuration in effect (the newest in the log, committed or not)."""
+        self.config_index, self.members = self.config.current
+        self.voters = {m["id"] for m in self.members if m["role"] == VOTER}
+        self.learners = {m["id"] for m in self.members if m["role"] == LEARNER}
+        self.peers = [m["id"] for m in self.members if m["id"] != self.id]
+        self._members_changed = True
+        if self.role == LEADER:
+            for peer in self.peers:
+                self.progress.setdefault(peer, Progress(next=self.last_index() + 1, last_ack=self.now))
+            for gone in set(self.progress) - set(self.peers):
+                del self.progress[gone]
+            if self.transferring is not None and self.transferring not in self.voters:
+                self.transferring = None
 
     def _random_timeout(self) -> float:
         return self.election_timeout * (1.0 + self.rng.random())
@@ -175,6 +296,9 @@ class RaftCore:
         index = self.last_index()
         if self._unstable_from is None or index < self._unstable_from:
             self._unstable_from = index
+        if is_config(command):
+            self.config.appended(index, normalize_members(command["members"]))
+            self._use_config()
         return index
 
     def _truncate_from(self, index: int) -> None:
@@ -185,6 +309,8 @@ class RaftCore:
         self.stable_index = min(self.stable_index, index - 1)
         if self._unstable_from is not None and self._unstable_from > index:
             self._unstable_from = index
+        if self.config.truncated(index):
+            self._use_config()
 
     # ----------------------------------------------------------------- role changes
     def _set_term(self, term: int) -> None:
@@ -204,35 +330,40 @@ class RaftCore:
         if was_leader:
             self._reads_failed.extend(r[0] for r in self.pending_reads)
             self.pending_reads.clear()
+            self.transferring = None
 
     def _start_prevote(self) -> None:
         self.prevoting = True
         self.pre_votes = {self.id}
         self.election_deadline = self.now + self._random_timeout()
-        for peer in self.peers:
+        for peer in sorted(self.voters - {self.id}):
             # Stands for the term we would run in; our own term is unchanged.
             self._send(peer, {"type": VOTE_REQ, "pre": True, "term": self.term + 1,
                               "last_index": self.last_index(), "last_term": self.last_term(),
                               "rid": self._next_rid()})
 
+    def _leader_alive(self) -> bool:
+        return self.role == LEADER or (
+            self.leader_id is not None and self.now - self.leader_contact < self.election_timeout)
+
     def _on_prevote_req(self, msg: dict) -> None:
         up_to_date = (msg["last_term"], msg["last_index"]) >= (self.last_term(), self.last_index())
-        leader_alive = self.role == LEADER or (
-            self.leader_id is not None and self.now - self.leader_contact < self.election_timeout)
-        grant = msg["term"] > self.term and up_to_date and not leader_alive
+        grant = msg["term"] > self.term and up_to_date and not self._leader_alive()
         self._reply(msg, {"type": VOTE_RESP, "pre": True, "granted": grant,
                           "term": msg["term"] if grant else self.term})
 
     def _on_prevote_resp(self, msg: dict) -> None:
         if msg["granted"]:
-            if self.prevoting and self.role != LEADER and msg["term"] == self.term + 1:
+            if self.prevoting and self.role != LEADER and msg["term"] == self.term + 1 and msg["from"] in self.voters:
                 self.pre_votes.add(msg["from"])
                 if len(self.pre_votes) >= self.quorum():
                     self._start_election()
         elif msg["term"] > self.term:
             self._become_follower(msg["term"], None, reset_timer=False)
 
-    def _start_election(self) -> None:
+    def _start_election(self, transfer: bool = False) -> None:
+        """With `transfer`, the leader asked us to take over (TimeoutNow): voters grant even while
+        they hear from that leader."""
         self.prevoting = False
         self._set_term(self.term + 1)
         self.role = CANDIDATE
@@ -244,9 +375,12 @@ class RaftCore:
         if len(self.votes) >= self.quorum():
             self._become_leader()
             return
-        for peer in self.peers:
-            self._send(peer, {"type": VOTE_REQ, "last_index": self.last_index(),
-                              "last_term": self.last_term(), "rid": self._next_rid()})
+        for peer in sorted(self.voters - {self.id}):
+            req = {"type": VOTE_REQ, "last_index": self.last_index(), "last_term": self.last_term(),
+                   "rid": self._next_rid()}
+            if transfer:
+                req["transfer"] = True
+            self._send(peer, req)
 
     def _become_leader(self) -> None:
         self.role = LEADER
@@ -255,6 +389,7 @@ class RaftCore:
         self.progress = {peer: Progress(next=self.last_index() + 1, last_ack=self.now) for peer in self.peers}
         self.seq = 0
         self.pending_reads = []
+        self.transferring = None
         # A no-op of the new term lets the leader commit earlier-term entries and serve reads.
         self.noop_index = self._append(self.term, NOOP)
         self.next_heartbeat = self.now  # announce ourselves at once
@@ -265,11 +400,12 @@ class RaftCore:
         self.now = now
         if self.role == LEADER:
             # Check quorum: a leader cut off from a majority steps down rather than linger.
-            if now - self.leader_since >= self.election_timeout:
-                recent = 1 + sum(1 for pr in self.progress.values() if now - pr.last_ack < self.election_timeout)
-                if recent < self.quorum():
-                    self._become_follower(self.term, None)
-                    return
+            if now - self.leader_since >= self.election_timeout and not self._quorum_agrees(
+                    lambda pr: now - pr.last_ack < self.election_timeout):
+                self._become_follower(self.term, None)
+                return
+            if self.transferring is not None and now >= self.transfer_deadline:
+                self.transferring = None  # the target did not take over: accept proposals again
             retry_after = max(2 * self.heartbeat_interval, self.election_timeout / 2)
             for pr in self.progress.values():
                 limit = SNAPSHOT_RETRY if pr.snapshot_inflight else retry_after
@@ -279,18 +415,72 @@ class RaftCore:
                 self.next_heartbeat = now + self.heartbeat_interval
                 self._broadcast(heartbeat=True)
         elif now >= self.election_deadline:
-            if self.quorum() > 1:
+            if self.id not in self.voters:  # a learner, or removed: never campaigns
+                self.election_deadline = now + self._random_timeout()
+            elif self.quorum() > 1:
                 self._start_prevote()
             else:
                 self._start_election()
 
     def propose(self, command: Any, size: int | None = None) -> tuple[int, int]:
         """Append a command (of encoded `size`, when known) to the leader's log; returns
-        (index, term). Raises NotLeader."""
+        (index, term). Raises NotLeader, or TransferInProgress while leadership is handed over."""
         if self.role != LEADER:
             raise NotLeader(self.leader_id)
+        if self.transferring is not None:
+            raise TransferInProgress(self.transferring)
         index = self._append(self.term, command, size)
         return index, self.term  # sent by the next ready(), batched with its neighbours
+
+    def propose_config(self, members: list[dict]) -> tuple[int, int]:
+        """Propose the configuration `members` (the whole new member list); returns (index, term).
+        Raises NotLeader, ValueError for a malformed list, or ConfigRefused."""
+        if self.role != LEADER:
+            raise NotLeader(self.leader_id)
+        if self.transferring is not None:
+            raise ConfigRefused("transfer_in_progress", f"leadership is being transferred to {self.transferring}")
+        if self.commit_index < self.noop_index:
+            # Until it commits an entry of its own term, a new leader may not know of a change a
+            # previous leader started; a second change on top could form two disjoint majorities
+            # (Ongaro, raft-dev 2015).
+            raise ConfigRefused("leader_not_ready", "the leader has not committed an entry of its term yet")
+        if self.config_index > self.commit_index:
+            raise ConfigRefused("change_in_progress", "another membership change is not committed yet")
+        members = normalize_members(members)
+        old = {m["id"]: m for m in self.members}
+        new = {m["id"]: m for m in members}
+        changed = sorted(i for i in old.keys() | new.keys() if old.get(i) != new.get(i))
+        if len(changed) > 1:
+            raise ConfigRefused("not_single_change", f"one member may change at a time, not {', '.join(changed)}")
+        if not any(m["role"] == VOTER for m in members):
+            raise ConfigRefused("last_voter", "the configuration must keep at least one voter")
+        index = self._append(self.term, {"op": CONFIG, "members": members})
+        self._maybe_commit()  # a change that leaves us the only voter commits at once
+        return index, self.term
+
+    def transfer_leadership(self, target: str | None = None) -> str:
+        """Hand leadership to voter `target` (None: the most up-to-date one); returns the target.
+        It is brought up to date, then told to campaign at once (TimeoutNow, thesis 3.10). Until it
+        wins, or one election timeout passes, proposals are refused (TransferInProgress)."""
+        if self.role != LEADER:
+            raise NotLeader(self.leader_id)
+        others = sorted(self.voters - {self.id})
+        if target is None:
+            if not others:
+                raise ConfigRefused("no_target", "there is no other voter to hand leadership to")
+            target = max(others, key=lambda v: self.progress[v].match)
+        elif target not in self.voters | self.learners:
+            raise ConfigRefused("unknown_member", f"{target} is not a member")
+        elif target not in self.voters:
+            raise ConfigRefused("not_voter", f"{target} is a learner, it cannot lead")
+        if target == self.id or target == self.transferring:
+            return target
+        self.transferring = target
+        self.transfer_deadline = self.now + self.election_timeout
+        self.transfer_sent = False
+        self._maybe_send_timeout_now()
+        self._send_append(target, heartbeat=False)
+        return target
 
     def read_index(self, read_id: Any) -> None:
         """Ask for a linearizable read point. Answered in ready.reads or ready.failed_reads."""
@@ -303,9 +493,16 @@ class RaftCore:
 
     def step(self, msg: dict) -> None:
         sender = msg.get("from")
-        if sender not in self.peers:
-            return
         mtype = msg.get("type")
+        if sender is None or sender == self.id:
+            return
+        if mtype == VOTE_REQ:
+            if sender not in self.voters:
+                return  # a removed node, or one we do not know as a voter yet: it must not disrupt us
+            if msg["term"] > self.term and not msg.get("transfer") and not msg.get("pre") and self._leader_alive():
+                return  # leader stickiness (thesis 4.2.3), unless the leader itself asked for this election
+        # Requests from a leader are accepted from anyone (a joining node knows no members yet);
+        # replies count only where the sender has a role (a progress record, a vote as a voter).
         if msg.get("pre") and mtype in (VOTE_REQ, VOTE_RESP):
             # Pre-votes never change our term, vote or election timer.
             if mtype == VOTE_REQ:
@@ -329,6 +526,9 @@ class RaftCore:
             self._on_append_resp(msg)
         elif mtype == SNAP_REQ:
             self._on_snap_req(msg)
+        elif mtype == TIMEOUT_NOW:
+            if msg["term"] == self.term and self.role == FOLLOWER and self.id in self.voters:
+                self._start_election(transfer=True)
 
     def snapshot_failed(self, peer: str) -> None:
         """The runtime could not deliver an InstallSnapshot to `peer`: send it again soon."""
@@ -345,6 +545,7 @@ class RaftCore:
             raise RaftSafetyError(f"snapshot at {index} has term {term}, the log has {self.term_at(index)}")
         del self.log[:index - self.snap_index]
         self.snap_index, self.snap_term = index, term
+        self.config.compacted(index)
 
     # ----------------------------------------------------------------- output
     def ready(self) -> Ready:
@@ -367,6 +568,8 @@ class RaftCore:
                             enumerate(self.log[first - self.snap_index - 1:upto - self.snap_index], first)]
         rd.reads, self._reads_done = self._reads_done, []
         rd.failed_reads, self._reads_failed = self._reads_failed, []
+        if self._members_changed:  # for the runtime to route messages to new members
+            rd.members, self._members_changed = self.config_at(self.last_index()), False
         return rd
 
     def advance(self, rd: Ready) -> None:
@@ -413,7 +616,7 @@ class RaftCore:
         self._reply(msg, {"type": VOTE_RESP, "granted": grant})
 
     def _on_vote_resp(self, msg: dict) -> None:
-        if self.role != CANDIDATE or msg["term"] != self.term or not msg["granted"]:
+        if self.role != CANDIDATE or msg["term"] != self.term or not msg["granted"] or msg["from"] not in self.voters:
             return
         self.votes.add(msg["from"])
         if len(self.votes) >= self.quorum():
@@ -472,7 +675,9 @@ class RaftCore:
         if self.role != LEADER or msg["term"] != self.term:
             return
         peer = msg["from"]
-        pr = self.progress[peer]
+        pr = self.progress.get(peer)
+        if pr is None:  # no longer a member
+            return
         pr.inflight_since = None
         pr.snapshot_inflight = False
         pr.last_ack = self.now
@@ -484,6 +689,7 @@ class RaftCore:
                 pr.match = match
             pr.next = max(pr.next, pr.match + 1)
             self._maybe_commit()
+            self._maybe_send_timeout_now()
         else:
             pr.next = max(pr.match + 1, min(pr.next - 1, msg["hint"] or pr.next - 1))
         self._release_reads()
@@ -511,6 +717,8 @@ class RaftCore:
             self.commit_index = self.applied_handed = self.stable_index = index
             self._unstable_from = None
             self._snapshot_in = msg
+            self.config = ConfigHistory(index, normalize_members(msg["members"]))
+            self._use_config()
         # Either way our log now matches the leader's up to `index` (committed entries agree).
         self._reply(msg, {"type": SNAP_RESP, "success": True, "match": index, "hint": 0,
                           "seq": msg.get("seq", 0)})
@@ -535,8 +743,10 @@ class RaftCore:
         pr.inflight_since = self.now
         pr.snapshot_inflight = nxt <= self.snap_index
         if nxt <= self.snap_index:
-            self._send(peer, {"type": SNAP_REQ, "last_index": self.snap_index,
-                              "last_term": self.snap_term, "seq": self.seq, "rid": self._next_rid()})
+            # The runtime fills in the newest durable snapshot: its index, term, members and data.
+            self._send(peer, {"type": SNAP_REQ, "last_index": self.snap_index, "last_term": self.snap_term,
+                              "members": self.config_at(self.snap_index), "seq": self.seq,
+                              "rid": self._next_rid()})
             return
         prev = nxt - 1
         self._send(peer, {"type": APPEND_REQ, "prev_index": prev, "prev_term": self.term_at(prev),
@@ -561,20 +771,35 @@ class RaftCore:
     def _maybe_commit(self) -> None:
         if self.role != LEADER:
             return
-        matches = sorted([self.stable_index] + [pr.match for pr in self.progress.values()], reverse=True)
-        candidate = matches[self.quorum() - 1]
+        # Voters only: learners, and a leader being removed, hold copies that do not count.
+        matches = sorted([self.progress[v].match for v in self.voters if v != self.id]
+                         + [self.stable_index] * (self.id in self.voters), reverse=True)
+        candidate = matches[self.quorum() - 1] if len(matches) >= self.quorum() else 0
         # Only entries of the current term are committed by counting replicas (Raft §5.4.2).
         if candidate > self.commit_index and self.term_at(candidate) == self.term:
             self.commit_index = candidate
             self._release_reads()
+        if self.id not in self.voters and self.commit_index >= self.config_index:
+            # The change that removed us (or made us a learner) is committed: hand over, step down.
+            self._send_timeout_now(max(sorted(self.voters), key=lambda v: self.progress[v].match))
+            self._become_follower(self.term, None)
+
+    def _maybe_send_timeout_now(self) -> None:
+        target = self.transferring
+        if self.role == LEADER and target is not None and not self.transfer_sent and \
+                self.progress[target].match == self.last_index():
+            self.transfer_sent = True
+            self._send_timeout_now(target)
+
+    def _send_timeout_now(self, target: str) -> None:
+        self._send(target, {"type": TIMEOUT_NOW, "rid": self._next_rid()})
 
     def _release_reads(self) -> None:
         if self.role != LEADER or not self.pending_reads or self.commit_index < self.noop_index:
             return
         still = []
         for read_id, required, index in self.pending_reads:
-            acks = 1 + sum(1 for pr in self.progress.values() if pr.acked_seq >= required)
-            if acks >= self.quorum():
+            if self._quorum_agrees(lambda pr: pr.acked_seq >= required):
                 self._reads_done.append((read_id, max(index, self.noop_index)))
             else:
                 still.append((read_id, required, index))

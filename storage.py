@@ -2,6 +2,7 @@
 
 Layout of a data directory:
     LOCK                             flock()ed while a process owns the directory
+    cluster.json                     the cluster's id and the bootstrap configuration (see save_cluster)
     wal/<seq:010d>.wal               log segments; records are [u32 length][u32 crc32][orjson payload]
     snap/snap-<index:020d>.json      snapshots (see encode_snapshot), files pickledb 1.6 loads
     snap/snap-<index:020d>.json.tmp  a snapshot being written; garbage once a process restarts
@@ -54,6 +55,7 @@ SEGMENT_BYTES = 64 * 1024 * 1024
 SEGMENT_NAME = re.compile(r"(\d{10})\.wal")
 SNAPSHOT_NAME = re.compile(r"snap-(\d{20})\.json")
 TEMP_SUFFIX = ".tmp"
+CLUSTER_FILE = "cluster.json"
 _crash_hits: dict[str, int] = {}
 
 
@@ -248,8 +250,11 @@ def _check_snapshot(document) -> tuple[dict, dict]:
     if not isinstance(document, dict) or set(document) != {"meta", "state"}:
         raise StorageError("snapshot is not a {meta, state} document")
     meta, state = document["meta"], document["state"]
-    if (not isinstance(meta, dict) or set(meta) != {"index", "term", "wal_floor"}
-            or not all(_is_count(v) for v in meta.values())):
+    counts = {"index", "term", "wal_floor"}
+    # "members" (the configuration at the snapshot's index) is absent from earlier versions' files.
+    if (not isinstance(meta, dict) or not counts <= set(meta) <= counts | {"members"}
+            or not all(_is_count(meta[k]) for k in counts)
+            or not isinstance(meta.get("members", []), list)):
         raise StorageError("snapshot meta is malformed")
     if not isinstance(state, dict):
         raise StorageError("snapshot state is not an object")
@@ -554,9 +559,11 @@ class Storage:
         return sorted((int(m.group(1)) for m in map(SNAPSHOT_NAME.fullmatch, self.fs.listdir(self.snap_dir))
                        if m), reverse=True)
 
-    def save_snapshot(self, index: int, term: int, state: dict, installed: bool = False) -> None:
+    def save_snapshot(self, index: int, term: int, state: dict, installed: bool = False,
+                      members: list[dict] | None = None) -> None:
         """Write a snapshot durably, then delete older snapshots. With `installed` (the leader
         sent it), the log written so far is superseded: a fresh segment becomes the floor.
+        `members` is the configuration in effect at `index`, kept in the meta.
         Raises StorageError if the disk refuses; a failed write leaves no temp file."""
         with self._snap_lock:
             if index <= self.snapshot_meta["index"]:
@@ -569,6 +576,8 @@ class Storage:
                 self._open_segment(self._segment_seq + 1)
                 floor = self._segment_seq
             meta = {"index": index, "term": term, "wal_floor": floor}
+            if members is not None:
+                meta["members"] = members
             path = self._snap_path(index)
             temp = path + TEMP_SUFFIX
             try:
@@ -603,6 +612,35 @@ class Storage:
         if not _has_checksum(data):  # written by an earlier version: receivers require one
             data = encode_snapshot(*_decode_local_snapshot(data))
         return meta, data
+
+    # ------------------------------------------------------------- cluster identity
+    def load_cluster(self) -> dict | None:
+        """cluster.json: {"cluster_id": str, "members": [...]} (the bootstrap configuration), or
+        None when the node has not joined or bootstrapped a cluster yet."""
+        path = os.path.join(self.dir, CLUSTER_FILE)
+        try:
+            if not self.fs.exists(path):
+                return None
+            info = orjson.loads(self.fs.read(path))
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {describe(exc)}") from None
+        except orjson.JSONDecodeError as exc:
+            raise StorageError(f"{path} is not valid JSON: {exc}") from None
+        if not (isinstance(info, dict) and isinstance(info.get("cluster_id"), str) and info["cluster_id"]
+                and isinstance(info.get("members", []), list)):
+            raise StorageError(f"{path} is malformed: needs a cluster_id string and a members list")
+        return info
+
+    def save_cluster(self, info: dict) -> None:
+        """Write cluster.json atomically and durably (temp file, fsync, rename, fsync the directory)."""
+        path = os.path.join(self.dir, CLUSTER_FILE)
+        temp = path + TEMP_SUFFIX
+        try:
+            self.fs.write_file(temp, orjson.dumps(info))
+            self.fs.rename(temp, path)
+            self.fs.sync_dir(self.dir)
+        except OSError as exc:
+            raise StorageError(f"cannot write {path}: {describe(exc)}") from None
 
     def close(self) -> None:
         with self._snap_lock:  # a background snapshot finishes before another process may lock

@@ -26,14 +26,14 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from raft_core import (APPEND_REQ, APPEND_RESP, SNAP_REQ, SNAP_RESP, SNAPSHOT_RETRY, VOTE_REQ,
-                       VOTE_RESP)
+from raft_core import (APPEND_REQ, APPEND_RESP, SNAP_REQ, SNAP_RESP, SNAPSHOT_RETRY, TIMEOUT_NOW,
+                       VOTE_REQ, VOTE_RESP, is_config, normalize_members)
 from storage import StorageError, decode_snapshot
 
 log = logging.getLogger("pickledb_cluster.transport")
 
 RAFT_RPC = {"/heartbeat": APPEND_REQ, "/replicate": APPEND_REQ, "/raft/vote": VOTE_REQ,
-            "/raft/snapshot": SNAP_REQ}
+            "/raft/snapshot": SNAP_REQ, "/raft/timeout_now": TIMEOUT_NOW}
 RAFT_PATHS = frozenset(RAFT_RPC)  # node-to-node endpoints; POST only
 MAX_PEER_MESSAGE = 8 * 1024 * 1024  # a raft message's body (also the cap on a reply we read)
 MAX_SNAPSHOT_BODY = 1024 * 1024 * 1024  # an InstallSnapshot body (a whole pickledb file)
@@ -43,7 +43,8 @@ MAX_RESPONSE_HEAD = 64 * 1024
 MAX_ENTRY_BYTES = 2 * 1024 * 1024
 
 SECRET_HEADER = "X-Cluster-Secret"
-PEER_HEADER = "X-PickleDB-Peer"  # a custom header: a browser cannot send it without a preflight
+PEER_HEADER = "X-PickleDB-Peer"  # the sender's node id; a custom header: a browser cannot send it without a preflight
+CLUSTER_HEADER = "X-PickleDB-Cluster"  # the sender's cluster id: a node refuses another cluster's messages
 MESSAGE_HEADER = "X-Raft-Message"  # an InstallSnapshot's message; its body is the snapshot file
 JSON = "application/json"
 LOG_EVERY = 5.0  # seconds between two log lines about the same kind of failure
@@ -55,6 +56,7 @@ def _environ_key(header: str) -> str:
 
 SECRET_ENVIRON = _environ_key(SECRET_HEADER)
 PEER_ENVIRON = _environ_key(PEER_HEADER)
+CLUSTER_ENVIRON = _environ_key(CLUSTER_HEADER)
 MESSAGE_ENVIRON = _environ_key(MESSAGE_HEADER)
 BROWSER_ENVIRON = ("HTTP_ORIGIN", "HTTP_SEC_FETCH_SITE", "HTTP_SEC_FETCH_MODE")
 
@@ -112,6 +114,7 @@ _FIELDS = {
     SNAP_REQ: _COMMON + (("last_index", int), ("last_term", int), ("seq", int)),
 }
 _FIELDS[SNAP_RESP] = _FIELDS[APPEND_RESP]
+_FIELDS[TIMEOUT_NOW] = _COMMON
 REPLY_TYPE = {VOTE_REQ: VOTE_RESP, APPEND_REQ: APPEND_RESP, SNAP_REQ: SNAP_RESP}
 
 
@@ -119,22 +122,24 @@ class Codec:
     """Encodes raft messages and checks decoded ones field by field (exact types, so a bool is
     never taken for an int; no negative numbers), so the core only ever sees well-formed ones."""
 
-    def __init__(self, node_id: str, peers):
+    def __init__(self, node_id: str):
         self.node_id = node_id
-        self.peers = frozenset(peers)
 
     @staticmethod
     def encode(msg: dict) -> bytes:
         return orjson.dumps(msg)
 
-    def problem(self, msg, mtype: str, sender) -> str | None:
-        """What is wrong with `msg` as a message of type `mtype` from `sender`, or None."""
+    def problem(self, msg, mtype: str, sender=None) -> str | None:
+        """What is wrong with `msg` as a message of type `mtype` from `sender` (None: any node but
+        us; a leader's requests come from members we may not know yet, e.g. when we join), or None."""
         if type(msg) is not dict:
             return f"not a JSON object but {type(msg).__name__}"
         if msg.get("type") != mtype:
             return f"type is {reprlib.repr(msg.get('type'))}, expected {mtype}"
-        if type(msg.get("from")) is not str or msg["from"] not in sender:
-            return f"sender {reprlib.repr(msg.get('from'))} is not a peer"
+        origin = msg.get("from")
+        if type(origin) is not str or not origin or len(origin) > 256 or origin == self.node_id \
+                or (sender is not None and origin != sender):
+            return f"sender {reprlib.repr(origin)} is not a peer"
         if msg.get("to") != self.node_id:
             return f"addressed to {reprlib.repr(msg.get('to'))}, not to this node"
         for name, kind in _FIELDS[mtype]:
@@ -149,6 +154,10 @@ class Codec:
                 if not (type(entry) is list and len(entry) == 2 and type(entry[0]) is int
                         and entry[0] >= 0 and type(entry[1]) is dict):
                     return "an entry is not [term, command object]"
+                if is_config(entry[1]) and (members_problem := _members_problem(entry[1].get("members"))):
+                    return f"a configuration entry is malformed: {members_problem}"
+        if mtype == SNAP_REQ and (members_problem := _members_problem(msg.get("members"))):
+            return f"field 'members' is malformed: {members_problem}"
         return None
 
     def decode_request(self, mtype: str, raw: bytes) -> dict:
@@ -156,7 +165,7 @@ class Codec:
             msg = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise RequestRefused(400, "invalid_request", f"{mtype} message is not valid JSON")
-        problem = self.problem(msg, mtype, self.peers)
+        problem = self.problem(msg, mtype)
         if problem is not None:
             raise RequestRefused(400, "invalid_request", f"malformed {mtype} message: {problem}")
         return msg
@@ -164,7 +173,7 @@ class Codec:
     def decode_reply(self, request: dict, raw: bytes) -> dict:
         """The peer's reply to `request`; raises ValueError when it is not a proper one."""
         msg = orjson.loads(raw)  # JSONDecodeError is a ValueError
-        problem = self.problem(msg, REPLY_TYPE[request["type"]], (request["to"],))
+        problem = self.problem(msg, REPLY_TYPE[request["type"]], request["to"])
         if problem is None and msg["rid"] != request["rid"]:
             problem = f"it answers request {msg['rid']}, not {request['rid']}"
         if problem is None and msg.get("pre", False) != request.get("pre", False):
@@ -186,6 +195,17 @@ class Codec:
                 or any(type(state.get(part, {})) is not dict for part in ("tasks", "kv"))):
             raise RequestRefused(400, "invalid_request", "snapshot body is not the announced snapshot")
         return state
+
+
+def _members_problem(members) -> str | None:
+    """What is wrong with a configuration's member list (the core would refuse it), or None."""
+    if type(members) is not list:
+        return "not a list"
+    try:
+        normalize_members(members)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 # ------------------------------------------------------------------ client side
@@ -314,12 +334,13 @@ class PeerSender(threading.Thread):
 
     def __init__(self, transport: "Transport", peer: str, url: str):
         super().__init__(daemon=True, name=f"sender-{peer}")
-        self.transport, self.peer = transport, peer
+        self.transport, self.peer, self.url = transport, peer, url
         self.connection = PeerConnection(url)
         self.cond = threading.Condition()
         self.pending: list[dict] = []
         self.refused = 0  # answered, but not with a usable 200 reply
         self.failed = 0  # no answer: unreachable, timed out, connection broken
+        self.retired = False  # the peer left the configuration: this thread ends
 
     def send(self, msg: dict) -> None:
         with self.cond:
@@ -333,9 +354,10 @@ class PeerSender(threading.Thread):
         t = self.transport
         while not t.stopping.is_set():
             with self.cond:
-                while not self.pending and not t.stopping.is_set():
+                while not self.pending and not t.stopping.is_set() and not self.retired:
                     self.cond.wait(0.5)
-                if t.stopping.is_set():
+                if t.stopping.is_set() or self.retired:
+                    self.connection.close()
                     return
                 msg = self.pending.pop(0)
             try:
@@ -361,7 +383,8 @@ class PeerSender(threading.Thread):
             except OSError as exc:
                 limited.warning(("snapshot", self.peer), "cannot read the snapshot for %s: %s", self.peer, exc)
                 return None
-            msg = dict(msg, last_index=meta["index"], last_term=meta["term"])
+            msg = dict(msg, last_index=meta["index"], last_term=meta["term"],
+                       members=meta.get("members", msg["members"]))
             headers = dict(t.headers)
             headers[MESSAGE_HEADER] = t.codec.encode(msg).decode("latin-1")
             path, timeout = "/raft/snapshot", SNAPSHOT_RETRY
@@ -380,11 +403,18 @@ class PeerSender(threading.Thread):
             limited.warning(("response", self.peer), "peer %s sent an unusable response to %s: %s",
                             self.peer, msg["type"], exc)
             return None
+        if status == 409 and b"cluster_mismatch" in content:
+            self.refused += 1
+            limited.warning(("mismatch", self.peer), "peer %s belongs to another cluster: %s",
+                            self.peer, content[:300].decode("utf-8", "replace"))
+            return None
         if status != 200:
             self.refused += 1
             limited.warning(("status", self.peer, status), "peer %s refused %s (%d bytes) with HTTP %d: %s",
                             self.peer, msg["type"], len(body), status, content[:300].decode("utf-8", "replace"))
             return None
+        if msg["type"] == TIMEOUT_NOW:
+            return None  # it has no reply
         try:
             return t.codec.decode_reply(msg, content)
         except ValueError as exc:
@@ -401,22 +431,52 @@ class Transport:
     def __init__(self, node_id: str, routes: dict[str, str], *, secret: str | None,
                  election_timeout: float, heartbeat_interval: float, stopping: threading.Event,
                  on_message: Callable[[dict], None], on_snapshot_failed: Callable[[str], None],
-                 snapshot_source: Callable[[], tuple[dict, bytes]]):
-        """`routes` maps each peer's id to the URL its traffic goes to."""
-        self.codec = Codec(node_id, routes)
+                 snapshot_source: Callable[[], tuple[dict, bytes]], cluster_id: str | None = None):
+        """`routes` maps each peer's id to the URL its traffic goes to (update_routes changes it)."""
+        self.codec = Codec(node_id)
         self.stopping = stopping
         self.on_message, self.on_snapshot_failed = on_message, on_snapshot_failed
         self.snapshot_source = snapshot_source
         self.timeout = peer_timeout(election_timeout)
         self.retry_pause = max(2 * heartbeat_interval, election_timeout / 2)
         self.token = secret_token(secret).encode() if secret else None
-        self.headers = {"Content-Type": JSON, PEER_HEADER: "1"}
+        self.headers = {"Content-Type": JSON, PEER_HEADER: node_id}
         if self.token is not None:
             self.headers[SECRET_HEADER] = self.token.decode()
+        if cluster_id is not None:
+            self.set_cluster_id(cluster_id)
         self.limited = LimitedLog(log)
-        self.senders = {peer: PeerSender(self, peer, url) for peer, url in routes.items()}
+        self.senders: dict[str, PeerSender] = {}
+        self.senders_lock = threading.Lock()
+        self.started = False
         self.rejected = 0  # requests from the network that this node refused
         self.rejected_lock = threading.Lock()
+        self.update_routes(routes)
+
+    def set_cluster_id(self, cluster_id: str) -> None:
+        self.headers = {**self.headers, CLUSTER_HEADER: cluster_id}  # replaced whole: senders read it unlocked
+
+    def start(self) -> None:
+        with self.senders_lock:
+            self.started = True
+            for sender in self.senders.values():
+                sender.start()
+
+    def update_routes(self, routes: dict[str, str]) -> None:
+        """Make the senders follow the configuration: one per peer in `routes` (id -> URL); a
+        peer whose URL changed gets a new one."""
+        with self.senders_lock:
+            for peer, sender in list(self.senders.items()):
+                if routes.get(peer) != sender.url:
+                    with sender.cond:
+                        sender.retired = True
+                        sender.cond.notify()
+                    del self.senders[peer]
+            for peer, url in routes.items():
+                if peer not in self.senders:
+                    sender = self.senders[peer] = PeerSender(self, peer, url)
+                    if self.started:
+                        sender.start()
 
     def receive_timeout(self, mtype: str) -> float:
         """How long the receiving side may take to answer: half of what the sender waits, so the
@@ -424,17 +484,25 @@ class Transport:
         return (SNAPSHOT_RETRY if mtype == SNAP_REQ else self.timeout) / 2
 
     def send(self, msg: dict) -> None:
-        self.senders[msg["to"]].send(msg)
+        sender = self.senders.get(msg["to"])
+        if sender is not None:  # None: the peer left the configuration meanwhile
+            sender.send(msg)
 
     def wake(self) -> None:
         """Wake the idle senders, e.g. to see that the node is stopping."""
-        for sender in self.senders.values():
+        for sender in list(self.senders.values()):
             with sender.cond:
                 sender.cond.notify()
 
+    def join(self, timeout: float) -> None:
+        for sender in list(self.senders.values()):
+            if sender.is_alive():
+                sender.join(timeout)
+
     def stats(self) -> dict:
-        return {"refused": {p: s.refused for p, s in self.senders.items()},
-                "failed": {p: s.failed for p, s in self.senders.items()},
+        senders = dict(self.senders)
+        return {"refused": {p: s.refused for p, s in senders.items()},
+                "failed": {p: s.failed for p, s in senders.items()},
                 "rejected": self.rejected}
 
     def check_request(self, environ) -> None:
@@ -483,6 +551,7 @@ def raft_rpc(node, flask_app):
 
     def answer(mtype: str, environ) -> dict:
         transport.check_request(environ)
+        node.check_cluster(environ.get(CLUSTER_ENVIRON), mtype)
         if mtype != SNAP_REQ:
             return node.deliver(codec.decode_request(mtype, read_body(environ, MAX_PEER_MESSAGE)))
         # A snapshot is the raw pickledb file; its message travels in a header.

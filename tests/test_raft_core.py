@@ -8,11 +8,11 @@ import pytest
 from raft_core import (APPEND_REQ, APPEND_RESP, LEADER, MAX_APPEND_BYTES, SNAP_REQ, VOTE_REQ,
                        NotLeader, RaftCore, RaftSafetyError)
 
-PEERS = ["a", "b", "c"]
+MEMBERS = [{"id": p, "url": f"http://{p}", "role": "voter"} for p in ("a", "b", "c")]
 
 
 def core(node_id, now=0.0, **kw):
-    return RaftCore(node_id, PEERS, election_timeout=1.0, heartbeat_interval=0.2, now=now,
+    return RaftCore(node_id, MEMBERS, election_timeout=1.0, heartbeat_interval=0.2, now=now,
                     rng=random.Random(1), **kw)
 
 
@@ -179,7 +179,7 @@ def test_snapshot_matching_our_log_keeps_acknowledged_entries():
     """Regression (simulator seed 4195): a delayed InstallSnapshot must not erase entries after it."""
     c = core("b", term=1, entries=[(1, {"op": str(i)}) for i in range(10)])
     c.step({"type": SNAP_REQ, "from": "a", "to": "b", "term": 1, "last_index": 7, "last_term": 1,
-            "seq": 0, "rid": 1, "data": {}})
+            "seq": 0, "rid": 1, "data": {}, "members": MEMBERS})
     rd = persist(c)
     assert rd.snapshot is None and c.last_index() == 10 and c.commit_index == 7
     assert rd.messages[-1]["match"] == 7
@@ -188,7 +188,7 @@ def test_snapshot_matching_our_log_keeps_acknowledged_entries():
 def test_snapshot_replaces_a_divergent_log():
     c = core("b", term=1, entries=[(1, "x"), (1, "y")])
     c.step({"type": SNAP_REQ, "from": "a", "to": "b", "term": 2, "last_index": 5, "last_term": 2,
-            "seq": 0, "rid": 1, "data": {"state": 1}})
+            "seq": 0, "rid": 1, "data": {"state": 1}, "members": MEMBERS})
     rd = persist(c)
     assert rd.snapshot is not None and c.last_index() == 5 and c.log == [] and c.commit_index == 5
 

@@ -229,7 +229,8 @@ def test_a_cut_at_or_below_the_snapshot_stays_cut_after_a_restart(tmp_path, comp
     s.close()
     assert log == [] and s.snapshot_meta["index"] == 3 and s.snapshot_meta["term"] == 2
     assert s.hard_state == (2, None)
-    core = RaftCore("a", ["a", "b", "c"], election_timeout=1.0, heartbeat_interval=0.2, now=0.0,
+    members = [{"id": n, "url": f"http://{n}:1", "role": "voter"} for n in "abc"]
+    core = RaftCore("a", members, election_timeout=1.0, heartbeat_interval=0.2, now=0.0,
                     term=2, snap_index=3, snap_term=2, entries=log)
     assert (core.last_index(), core.last_term()) == (3, 2)
     core.step({"type": VOTE_REQ, "from": "b", "to": "a", "term": 3, "last_index": 5, "last_term": 1,
@@ -680,3 +681,38 @@ def test_close_waits_for_a_snapshot_being_written(tmp_path):
     reopened.load()
     assert reopened.snapshot_meta["index"] == 3
     reopened.close()
+
+
+def test_snapshot_meta_keeps_the_configuration(tmp_path):
+    """The configuration at a snapshot's index travels in its meta (the log before it is gone)."""
+    members = [{"id": "a", "url": "http://a:1", "role": "voter"}, {"id": "b", "url": "http://b:1", "role": "learner"}]
+    s = Storage(str(tmp_path))
+    s.load()
+    s.append((1, None), [(1, 1, {"op": "noop"})])
+    s.save_snapshot(1, 1, {"tasks": {}, "kv": {}}, members=members)
+    s.close()
+    s = Storage(str(tmp_path))
+    s.load()
+    assert s.snapshot_meta["members"] == members
+    meta, body = s.snapshot_bytes()
+    assert decode_snapshot(body)[0]["members"] == members
+    s.close()
+
+
+def test_cluster_file_is_written_atomically_and_read_back(tmp_path):
+    s = Storage(str(tmp_path))
+    assert s.load_cluster() is None
+    info = {"cluster_id": "0123456789abcdef", "members": [{"id": "a", "url": "http://a:1", "role": "voter"}]}
+    s.save_cluster(info)
+    assert s.load_cluster() == info
+    assert sorted(os.listdir(tmp_path)) == ["LOCK", "cluster.json", "snap", "wal"]  # no temp file left
+    s.close()
+
+
+@pytest.mark.parametrize("content", [b"not json", b"[]", b'{"cluster_id": 5}', b'{"cluster_id": "x", "members": 1}'])
+def test_a_damaged_cluster_file_stops_the_node(tmp_path, content):
+    (tmp_path / "cluster.json").write_bytes(content)
+    s = Storage(str(tmp_path))
+    with pytest.raises(StorageError, match="cluster.json"):
+        s.load_cluster()
+    s.close()

@@ -189,8 +189,8 @@ def test_a_declared_length_over_the_cap_is_refused_before_reading():
 
 
 # ------------------------------------------------------------------ codec
-ME, PEER = "http://127.0.0.1:1", "http://127.0.0.1:2"
-CODEC = Codec(ME, [PEER])
+ME, PEER = "127.0.0.1:1", "127.0.0.1:2"
+CODEC = Codec(ME)
 APPEND = {"type": "append_req", "from": PEER, "to": ME, "term": 3, "prev_index": 4, "prev_term": 2,
           "entries": [[3, {"op": "noop"}]], "commit": 4, "seq": 7, "rid": 9}
 
@@ -212,12 +212,29 @@ def test_the_codec_accepts_well_formed_requests():
 @pytest.mark.parametrize("change", [
     {"term": True}, {"term": -1}, {"term": 1.0}, {"term": "1"}, {"rid": None}, {"commit": None},
     {"entries": {}}, {"entries": [[1]]}, {"entries": [["1", {}]]}, {"entries": [[1, []]]},
-    {"entries": [[-1, {}]]}, {"from": "http://127.0.0.1:3"}, {"from": []}, {"from": {}}, {"to": PEER},
+    {"entries": [[-1, {}]]}, {"from": ME}, {"from": ""}, {"from": []}, {"from": {}}, {"to": PEER},
+    {"entries": [[3, {"op": "config", "members": [{"id": "a", "url": "http://a:1", "role": "boss"}]}]]},
+    {"entries": [[3, {"op": "config", "members": {}}]]},
+    {"entries": [[3, {"op": "config", "members": [{"id": "a", "url": "http://a:1", "role": "voter"}] * 2}]]},
     {"to": None}, {"type": "vote_req"}, {"type": []},
     {"pre": 1},
 ])
 def test_the_codec_refuses_malformed_requests(change):
     assert "malformed" in refused("append_req", {**APPEND, **change})
+
+
+def test_the_codec_accepts_a_leader_it_does_not_know_yet():
+    """A joining node knows no members: the leader's requests are checked, not its sender's name."""
+    msg = {**APPEND, "from": "10.0.0.9:4005",
+           "entries": [[3, {"op": "config", "members": [{"id": ME, "url": "http://127.0.0.1:1", "role": "learner"}]}]]}
+    assert CODEC.decode_request("append_req", orjson.dumps(msg)) == msg
+
+
+@pytest.mark.parametrize("members", [None, {}, [{"id": "a"}]])
+def test_the_codec_refuses_a_snapshot_without_a_proper_configuration(members):
+    snap = {"type": "snap_req", "from": PEER, "to": ME, "term": 1, "last_index": 5, "last_term": 1,
+            "seq": 0, "rid": 1, "members": members}
+    assert "members" in refused("snap_req", snap)
 
 
 @pytest.mark.parametrize("raw", [b"[]", b"null", b"1", b"garbage", b'"append_req"'])
@@ -234,7 +251,7 @@ REPLY = {"type": "append_resp", "from": PEER, "to": ME, "term": 3, "success": Tr
     orjson.dumps({**REPLY, "rid": 8}),  # the reply to another request
     orjson.dumps({**REPLY, "success": 1}),
     orjson.dumps({**REPLY, "match": None}),
-    orjson.dumps({**REPLY, "from": "http://127.0.0.1:3"}),
+    orjson.dumps({**REPLY, "from": "127.0.0.1:3"}),  # not the node asked
     orjson.dumps({**REPLY, "type": "vote_resp"}),
     orjson.dumps({**REPLY, "pre": True}),
 ])
