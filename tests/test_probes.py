@@ -101,8 +101,8 @@ def test_readyz_on_a_cluster_that_loses_its_quorum(tmp_path):
             if n is not survivor:
                 n.kill9()
         # It goes on naming the dead leader while it looks for a new one: not a known leader.
-        r = wait_for(lambda: (lambda r: r if r.status_code == 503 else None)(
-            requests.get(survivor.url + "/readyz", timeout=2)), 10, "the survivor to lose its leader")
+        r = wait_for(lambda: (lambda r: [r] if r.status_code == 503 else None)(
+            requests.get(survivor.url + "/readyz", timeout=2)), 10, "the survivor to lose its leader")[0]
         assert r.json()["error"] == "no_leader" and r.headers["Content-Type"] == "application/json"
         assert requests.get(survivor.url + "/readyz?noleader", timeout=2).status_code == 200
         assert requests.get(survivor.url + "/livez", timeout=2).status_code == 200
