@@ -60,8 +60,7 @@ def livez():
 def readyz():
     node = ctx().node
     view = node.status()
-    # The leader's commit index as last heard from it; a leader's own commit index.
-    leader_commit = view.get("leader_commit", view["commit_index"])
+    leader_commit = view["leader_commit"]  # as last heard from the leader (a leader's own)
     applied = view["applied_index"]
     facts = f"applied index {applied}, leader's commit index {leader_commit}"
     if not leader_known(node, view) and "noleader" not in request.args:
@@ -87,18 +86,15 @@ def serve_backup() -> Response:
     try:
         index, term, state = node.state.snapshot()  # a consistent copy, taken under the state's lock
         view = node.status()
-        cluster_id = view.get("cluster_id")
-        # The configuration in effect now (the membership change log decides it at `index`).
-        members = view.get("members") or [{"id": url, "url": url, "role": "voter"}
-                                          for url in sorted([node.id, *node.config.peers])]
-        data = encode_backup(index, term, state, cluster_id, members)
+        cluster_id = view["cluster_id"]
+        data = encode_backup(index, term, state, cluster_id, view["members"])
     except BaseException:
         slot.release()
         raise
     headers = {"Content-Length": str(len(data)), BACKUP_INDEX_HEADER: str(index),
                BACKUP_SHA256_HEADER: backup_checksum(data),
                "Content-Disposition": f'attachment; filename="pickledb-backup-{index}.json"'}
-    if cluster_id:
+    if cluster_id is not None:  # None only on a joining node that has not heard from the leader
         headers[CLUSTER_HEADER] = cluster_id
     view = memoryview(data)
     response = Response((bytes(view[start:start + SEND_CHUNK]) for start in range(0, len(data), SEND_CHUNK)),

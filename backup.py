@@ -28,6 +28,7 @@ import sys
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
+from cluster_manager import NODE_ID, default_id
 from storage import FileSystem, Storage, StorageError, decode_snapshot, encode_snapshot
 
 FORMAT = "pickledb-backup"
@@ -86,11 +87,6 @@ def read_backup(path: str) -> tuple[dict, dict]:
         raise BackupError(f"backup {path} is refused: {exc}") from None
 
 
-def default_node_id(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port}"
-
-
 def restore(backup_path: str, data_dir: str, node_id: str, url: str) -> dict:
     """Seed the empty (or missing) `data_dir` from a backup, for a new cluster whose only voter is
     `node_id` at `url`. Returns what was restored: index, term, tasks, keys, cluster_id (new),
@@ -104,6 +100,7 @@ def restore(backup_path: str, data_dir: str, node_id: str, url: str) -> dict:
         raise BackupError(f"data directory {data_dir} is not empty: restore only seeds a new node "
                           "(stop the node and move its data away first)")
     cluster_id = secrets.token_hex(8)
+    members = [{"id": node_id, "url": url, "role": "voter"}]
     index, term = descriptor["index"], descriptor["term"]
     staging = f"{data_dir}.restoring-{secrets.token_hex(4)}"
     try:
@@ -113,7 +110,8 @@ def restore(backup_path: str, data_dir: str, node_id: str, url: str) -> dict:
             # The node's term must not be below its log's last term, or its first election would
             # append entries with a lower term after the snapshot's.
             storage.append((term, None), [])
-            storage.save_snapshot(index, term, state)
+            storage.save_snapshot(index, term, state, members=members)
+            storage.save_cluster({"cluster_id": cluster_id, "members": members})
         finally:
             storage.close()
         os.rename(staging, data_dir)  # replaces an empty directory
@@ -123,8 +121,7 @@ def restore(backup_path: str, data_dir: str, node_id: str, url: str) -> dict:
         reason = exc if isinstance(exc, StorageError) else (exc.strerror or exc)
         raise BackupError(f"cannot restore into {data_dir}: {reason}") from None
     return {"index": index, "term": term, "tasks": len(state["tasks"]), "keys": len(state["kv"]),
-            "cluster_id": cluster_id, "source_cluster_id": descriptor["cluster_id"],
-            "members": [{"id": node_id, "url": url, "role": "voter"}]}
+            "cluster_id": cluster_id, "source_cluster_id": descriptor["cluster_id"], "members": members}
 
 
 def main(argv=None) -> int:
@@ -148,7 +145,9 @@ def main(argv=None) -> int:
         parts = urlsplit(args.url)
         if parts.scheme not in ("http", "https") or not parts.hostname or not parts.port:
             p.error(f"--url {args.url!r} must look like http://HOST:PORT")
-        node_id = args.node_id or default_node_id(args.url)
+        if args.node_id is not None and not NODE_ID.fullmatch(args.node_id):
+            p.error("--node-id must be 1-64 characters of A-Z a-z 0-9 . _ : -")
+        node_id = args.node_id or default_id(args.url)
         done = restore(args.file, args.data_dir, node_id, args.url)
     except BackupError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from flask import request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily
@@ -166,7 +167,6 @@ class NodeMetrics:
 def note_route(_exc) -> None:
     """Flask teardown hook: hands the matched url rule to the middleware (Flask has dropped the
     request object by the time the middleware sees the response)."""
-    from flask import request
     rule = request.url_rule
     request.environ[ROUTE_KEY] = rule.rule if rule is not None else UNMATCHED
 
@@ -189,9 +189,11 @@ class HttpMetrics:
         method = environ.get("REQUEST_METHOD", "")
         self.metrics.observe_request(environ.get(ROUTE_KEY, UNMATCHED), method, int(status[:3]),
                                      time.perf_counter() - started)
-        if method != "HEAD" and any(name.lower() == "content-type" and value.startswith("text/event-stream")
-                                    for name, value in headers):
-            return OpenStream(body, self.metrics.event_streams)
+        for name, value in headers:  # a plain loop: this runs for every request
+            if name == "Content-Type":  # as Flask spells it
+                if value.startswith("text/event-stream") and method != "HEAD":
+                    return OpenStream(body, self.metrics.event_streams)
+                break
         return body
 
 

@@ -118,11 +118,12 @@ def seed_node_dir(data_dir: str, state: dict, index: int, term: int) -> None:
 
 
 def all_task_pages(url: str) -> list[bytes]:
+    """The tasks part of every page of GET /tasks, as sent (the rest names the node's applied index)."""
     pages, offset, session = [], 0, requests.Session()
     while offset is not None:
         r = session.get(f"{url}/tasks?limit=10000&offset={offset}", timeout=60)
         assert r.status_code == 200, r.text[:300]
-        pages.append(r.content)
+        pages.append(r.content[:r.content.rindex(b'],"total":') + 1])
         offset = orjson.loads(r.content)["next_offset"]
     return pages
 
@@ -159,7 +160,7 @@ def test_restore_round_trip_at_100000_tasks_keeps_every_task(tmp_path):
         # The restored cluster takes writes after the restored history.
         r = requests.post(node.url + "/tasks", json={"title": "after the restore"}, timeout=10)
         assert r.status_code == 201
-        assert orjson.loads(all_task_pages(node.url)[0])["total"] == 100_001
+        assert requests.get(node.url + "/tasks?limit=1", timeout=10).json()["total"] == 100_001
 
 
 class Writer(threading.Thread):

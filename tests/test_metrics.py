@@ -257,7 +257,8 @@ def test_metrics_of_a_real_cluster(tmp_path):
             assert value(s, "pickledb_append_batch_entries_sum") >= 6  # the no-op and five creates
         s = scrape(leader.url)
         lag = {dict(labels)["peer"]: v for (name, labels), v in s.items() if name == "pickledb_replication_lag_entries"}
-        assert set(lag) == {n.url for n in c.nodes if n is not leader} and all(v >= 0 for v in lag.values())
+        peer_ids = {n.url.removeprefix("http://") for n in c.nodes if n is not leader}  # node ids: host:port
+        assert set(lag) == peer_ids and all(v >= 0 for v in lag.values())
         assert value(s, "pickledb_http_requests_total", route="/tasks", method="POST", status="201") == 5
         assert value(s, "pickledb_http_requests_total", route="/tasks/<task_id>", method="GET", status="200") == 5
         assert not [k for k in s if ids[0] in str(k)]  # no raw path in any label

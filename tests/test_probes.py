@@ -5,22 +5,53 @@ import pytest
 import requests
 
 from api_common import ctx
+from api_server import create_app
 from auth import OPEN, permission_of
-from harness import Cluster, wait_for
-from test_api import api_client, assert_error, client, leaderless, node  # noqa: F401 (fixtures)
+from harness import Cluster, free_ports, wait_for
+from test_api import NodeClient, assert_error, make_node
 
 
-def test_livez_and_readyz_on_a_leader(client):  # noqa: F811
+def ops_client(node) -> NodeClient:
+    app = create_app(node)
+    app.test_client_class = NodeClient
+    client = app.test_client()
+    client.node_url = node.url
+    return client
+
+
+@pytest.fixture
+def node(tmp_path):
+    n = make_node(tmp_path)
+    wait_for(lambda: n.status()["is_leader"], 5, "single node to lead")
+    yield n
+    n.stop()
+
+
+@pytest.fixture
+def client(node):
+    return ops_client(node)
+
+
+@pytest.fixture
+def leaderless(tmp_path):
+    """A node whose peers never answer: it can never win an election."""
+    a, b = free_ports(2)
+    n = make_node(tmp_path, peers=[f"http://127.0.0.1:{a}", f"http://127.0.0.1:{b}"])
+    yield ops_client(n)
+    n.stop()
+
+
+def test_livez_and_readyz_on_a_leader(client):
     r = client.get("/livez")
     assert r.status_code == 200 and r.json == {"status": "alive"}
     assert client.post("/tasks", json={"title": "x"}).status_code == 201
     r = client.get("/readyz")
     assert r.status_code == 200, r.json
-    assert r.json["status"] == "ready" and r.json["leader"] == client.node_url
+    assert r.json["status"] == "ready" and r.json["leader"] == client.application.extensions["pickledb"].node.id
     assert r.json["applied_index"] >= r.json["leader_commit"] >= 2
 
 
-def test_readyz_without_a_leader_says_why_and_noleader_relaxes_it(leaderless):  # noqa: F811
+def test_readyz_without_a_leader_says_why_and_noleader_relaxes_it(leaderless):
     assert leaderless.get("/livez").status_code == 200
     r = leaderless.get("/readyz")
     assert_error(r, 503, "no_leader")
@@ -29,10 +60,10 @@ def test_readyz_without_a_leader_says_why_and_noleader_relaxes_it(leaderless):  
     assert r.status_code == 200, r.json  # nothing committed that it has not applied
 
 
-def test_readyz_is_catching_up_while_behind_the_leaders_commit(node):  # noqa: F811
+def test_readyz_is_catching_up_while_behind_the_leaders_commit(node):
     """The leader's commit index as last heard (status `leader_commit`) ahead of what is applied:
     the state a follower is in while it catches up."""
-    client = api_client(node)
+    client = ops_client(node)
     real_status = node.status
 
     def behind():
@@ -47,7 +78,7 @@ def test_readyz_is_catching_up_while_behind_the_leaders_commit(node):  # noqa: F
     assert client.get("/readyz").status_code == 200
 
 
-def test_probes_are_open_and_backup_is_for_admins(client):  # noqa: F811
+def test_probes_are_open_and_backup_is_for_admins(client):
     views = client.application.view_functions
     assert permission_of(views["ops.livez"]) == OPEN and permission_of(views["ops.readyz"]) == OPEN
     assert permission_of(views["ops.metrics"]) == "read"
@@ -70,8 +101,8 @@ def test_readyz_on_a_cluster_that_loses_its_quorum(tmp_path):
             if n is not survivor:
                 n.kill9()
         # It goes on naming the dead leader while it looks for a new one: not a known leader.
-        r = wait_for(lambda: (lambda r: r if r.status_code == 503 else None)(
-            requests.get(survivor.url + "/readyz", timeout=2)), 10, "the survivor to lose its leader")
+        r = wait_for(lambda: (lambda r: [r] if r.status_code == 503 else None)(
+            requests.get(survivor.url + "/readyz", timeout=2)), 10, "the survivor to lose its leader")[0]
         assert r.json()["error"] == "no_leader" and r.headers["Content-Type"] == "application/json"
         assert requests.get(survivor.url + "/readyz?noleader", timeout=2).status_code == 200
         assert requests.get(survivor.url + "/livez", timeout=2).status_code == 200
