@@ -114,7 +114,7 @@ def read_auth_file(path: str) -> list[dict]:
         if mode & stat.S_IWOTH:
             raise AuthFileError(f"auth file {path} is writable by every user: anyone could add a token "
                                 f"(chmod o-w {path})")
-        with os.fdopen(os.dup(fd), "rb") as f:
+        with open(fd, "rb", closefd=False) as f:
             raw = f.read()
     except OSError as exc:
         raise AuthFileError(f"cannot read auth file {path}: {exc.strerror or exc}")
@@ -268,22 +268,29 @@ class Authenticator:
     def identify(self, environ: dict, target: str, read_body) -> Identity:
         """Who sent this request; raises AuthError (401 or 429). The request's `target` and
         `read_body()` (its raw body) are needed only to check a forwarded identity."""
-        forwarded = IDENTITY_ENVIRON in environ
-        if not forwarded and "HTTP_AUTHORIZATION" not in environ:  # not an attempt: not counted
+        if IDENTITY_ENVIRON in environ:
+            return self._forwarded_identity(environ, target, read_body)
+        if "HTTP_AUTHORIZATION" not in environ:  # not an attempt: not counted
             raise unauthorized("this request needs a token: send 'Authorization: Bearer <token>'")
         key = client_key(environ.get("REMOTE_ADDR", ""))
+        self._refuse_if_limited(key)
+        try:
+            return self._bearer_identity(environ)
+        except AuthError:
+            self._count_failure(key)
+            raise
+
+    def _refuse_if_limited(self, key: str) -> None:
         wait = self.limiter.retry_after(key)
         if wait is not None:
             raise AuthError(429, "too_many_attempts",
                             f"too many failed attempts from this address; retry in {int(wait) + 1} s",
                             {"Retry-After": str(int(wait) + 1)})
-        try:
-            return self._forwarded_identity(environ, target, read_body) if forwarded else self._bearer_identity(environ)
-        except AuthError:
-            if self.limiter.failed(key):
-                log.warning("client %s reached %d failed attempts; refused for %.0f s",
-                            key, self.limiter.limit, self.limiter.window)
-            raise
+
+    def _count_failure(self, key: str) -> None:
+        if self.limiter.failed(key):
+            log.warning("client %s reached %d failed attempts; refused for %.0f s",
+                        key, self.limiter.limit, self.limiter.window)
 
     def _bearer_identity(self, environ: dict) -> Identity:
         match = BEARER_PATTERN.fullmatch(environ["HTTP_AUTHORIZATION"])
@@ -310,15 +317,18 @@ class Authenticator:
                 IDENTITY_SIGNATURE_HEADER: f"{timestamp}:{self._mac(claim, method, target, host, body, timestamp)}"}
 
     def _forwarded_identity(self, environ: dict, target: str, read_body) -> Identity:
-        if self.identity_key is None:
-            raise unauthorized(f"{IDENTITY_HEADER} is accepted only from nodes that share a cluster secret",
-                               "invalid_token")
+        """A follower's signed claim. Only a bad signature counts as a failed attempt: the
+        follower's address must not be shut out because one of its callers was refused."""
         claim = environ[IDENTITY_ENVIRON]
         timestamp, _, mac = environ.get(SIGNATURE_ENVIRON, "").partition(":")
-        expected = self._mac(claim, environ["REQUEST_METHOD"], target, environ.get("HTTP_HOST", ""),
-                             read_body(), timestamp)
-        if not hmac.compare_digest(mac.encode("latin-1"), expected.encode()):
-            raise unauthorized(f"{IDENTITY_HEADER} is not signed by a node of this cluster", "invalid_token")
+        signed = self.identity_key is not None and hmac.compare_digest(mac.encode("latin-1"), self._mac(
+            claim, environ["REQUEST_METHOD"], target, environ.get("HTTP_HOST", ""), read_body(), timestamp).encode())
+        if not signed:
+            key = client_key(environ.get("REMOTE_ADDR", ""))
+            self._refuse_if_limited(key)
+            self._count_failure(key)
+            raise unauthorized(f"{IDENTITY_HEADER} is accepted only when signed by a node of this cluster "
+                               "(with the cluster secret)", "invalid_token")
         try:
             fresh = abs(time.time() - float(timestamp)) <= IDENTITY_WINDOW
         except ValueError:
