@@ -461,8 +461,11 @@ def restore_command(ctx, path, data_dir, node_url, node_id):
     """Offline: seed a NEW one-node cluster (new cluster id) from backup FILE. Start that node
     without --peers, then grow the cluster with nodes started with --join."""
     import backup
+    from cluster_manager import NODE_ID, default_id
     node_url = checked_url(node_url, "--node-url")
-    node_id = node_id or backup.default_node_id(node_url)
+    if node_id is not None and not NODE_ID.fullmatch(node_id):
+        raise click.BadParameter("must be 1-64 characters of A-Z a-z 0-9 . _ : -", param_hint="--node-id")
+    node_id = node_id or default_id(node_url)
     try:
         done = backup.restore(path, data_dir, node_id, node_url)
     except backup.BackupError as exc:
