@@ -1,13 +1,16 @@
 """run_cluster.sh as a user runs it: start, status, start twice, busy port, stop, a restart that
 would change the layout, and the usage errors of a first hour."""
 import os
+import shlex
 import shutil
 import socket
 import subprocess
+import sys
 
 import pytest
 import requests
 
+import node_cli
 from harness import ROOT, free_ports, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -182,3 +185,33 @@ def test_add_restart_remove_rolling_restart(checkout):
     assert requests.get(f"http://127.0.0.1:{base}/status", timeout=10).json()["leader"] != leader_before
     tasks = requests.get(f"http://127.0.0.1:{base + 1}/tasks", timeout=10).json()["tasks"]
     assert [t["title"] for t in tasks] == ["kept"]
+
+
+def test_systemd_unit_passes_systemd_analyze(tmp_path, monkeypatch):
+    """docs/pickledb-node.service: `systemd-analyze verify` has nothing to say about it, and its
+    ExecStart is a command line the node accepts."""
+    tool = shutil.which("systemd-analyze")
+    assert tool, "systemd-analyze is not installed (apt-get install -y systemd)"
+    text = open(os.path.join(ROOT, "docs", "pickledb-node.service")).read()
+    lines = text.splitlines()
+    for setting in ("Type=simple", "Restart=on-failure", "KillSignal=SIGTERM", "User=pickledb",
+                    "NoNewPrivileges=yes", "ProtectSystem=strict"):
+        assert setting in lines, setting
+    # verify checks that ExecStart's program exists: point the example's paths at this checkout.
+    local = text.replace("/opt/pickledb/.venv/bin/python", sys.executable).replace("/opt/pickledb", ROOT)
+
+    def verify(unit_text):
+        unit = tmp_path / "pickledb-node.service"
+        unit.write_text(unit_text)
+        r = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+        return r.returncode, r.stdout + r.stderr
+    assert verify(local) == (0, "")
+    code, said = verify(local.replace("Restart=on-failure", "Restart=sometimes"))  # the check can fail
+    assert "Failed to parse service restart specifier" in said
+
+    start = text.index("ExecStart=") + len("ExecStart=")
+    command = shlex.split(text[start:text.index("\nExecReload=")].replace("\\\n", " "))
+    assert command[:2] == ["/opt/pickledb/.venv/bin/python", "/opt/pickledb/demo_follower.py"]
+    monkeypatch.setenv("PICKLEDB_CLUSTER_SECRET", "from /etc/pickledb/node.env")
+    args = node_cli.parse_args(command[2:], 4001)
+    assert (args.host, args.port, args.advertise_url, args.log_format) == ("0.0.0.0", 4000, "http://10.0.0.1:4000", "json")
