@@ -232,7 +232,7 @@ number_option() {  # number_option NAME VALUE: the value after an option, which 
 }
 
 cmd_start() {
-  local nodes="" base="" hb=2 et=5
+  local nodes="" base="" hb="" et=""
   while [[ $# -gt 0 ]]; do
     case "$1" in
       --nodes) number_option "$1" "${2:-}"; nodes="$2"; shift 2 ;;
@@ -246,11 +246,16 @@ cmd_start() {
   [[ -z "$nodes" || "$nodes" =~ ^[1-9][0-9]*$ ]] || usage_error "--nodes must be a positive integer, not '$nodes'"
   [[ -z "$base" || "$base" =~ ^[1-9][0-9]{0,4}$ ]] || usage_error "--base-port must be a port number, not '$base'"
   local number='^([0-9]+\.?[0-9]*|\.[0-9]+)$'
-  [[ "$hb" =~ $number && "$et" =~ $number ]] || usage_error "--heartbeat-interval and --election-timeout are seconds"
+  [[ -z "$hb" || "$hb" =~ $number ]] && [[ -z "$et" || "$et" =~ $number ]] ||
+    usage_error "--heartbeat-interval and --election-timeout are seconds"
   # An existing cluster (data from an earlier start) keeps its layout unless the command names another one.
   local existing=() port
   for port in $(cluster_ports); do [[ -d "data/node_$port" ]] && existing+=("$port"); done
-  local ports=()
+  local ports=() timings=(2 5)
+  if [[ ${#existing[@]} -gt 0 && -f "$STATE_DIR/timings" ]]; then
+    read -r -a timings < "$STATE_DIR/timings"  # as last time, unless given
+  fi
+  hb=${hb:-${timings[0]}}; et=${et:-${timings[1]}}
   if [[ ${#existing[@]} -gt 0 && -z "$nodes" && -z "$base" ]]; then
     ports=("${existing[@]}")
   else
@@ -284,7 +289,8 @@ cmd_start() {
   fi
   for port in "${ports[@]}"; do start_node "$port"; done
   # Wait until every node answers and a leader is elected; otherwise undo everything.
-  local deadline=$((SECONDS + 15 + 3 * ${et%.*})) ok=0
+  local whole_seconds=${et%.*}
+  local deadline=$((SECONDS + 15 + 3 * ${whole_seconds:-0})) ok=0
   while [[ $SECONDS -lt $deadline ]]; do
     for port in "${ports[@]}"; do
       [[ -n "$(node_pid "$port")" ]] || { ok=0; break 2; }  # a node exited: its log says why

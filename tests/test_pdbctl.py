@@ -142,9 +142,9 @@ def test_watch_and_writes_survive_a_killed_leader(cluster):
 
 
 @pytest.mark.cluster
-def test_reads_retry_while_there_is_no_leader(cluster):
+def test_writes_give_up_after_retry_for(cluster):
     """With two of three nodes down no write can commit: a bounded --retry-for ends in exit 1
-    naming the last answer; once a node is back, the same command succeeds."""
+    naming the last answer; once the nodes are back, the same command succeeds."""
     leader = cluster.by_url(cluster.wait_for_leader())
     others = [n for n in cluster.nodes if n is not leader]
     for n in others:
@@ -159,7 +159,6 @@ def test_reads_retry_while_there_is_no_leader(cluster):
     cluster.wait_for_leader()
     r = pdbctl("tasks", "add", "after recovery", urls=cluster.urls)
     assert r.returncode == 0 and r.stdout.startswith("added ")
-    assert requests.get(cluster.urls[0] + "/tasks", timeout=10).status_code == 200
 
 
 class JoiningNode(NodeProc):
@@ -179,13 +178,16 @@ class JoiningNode(NodeProc):
 @pytest.mark.cluster
 def test_members_list_add_remove(cluster):
     urls = cluster.urls
-    listed = pdbctl("members", urls=urls)
+    leader = cluster.by_url(cluster.wait_for_leader())
+    follower_first = [u for u in urls if u != leader.url] + [leader.url]
+    listed = pdbctl("members", urls=follower_first)  # progress comes from the leader's view
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert lines[0].split() == ["ID", "URL", "ROLE", "MATCH", "REACHABLE"] and lines[-1] == "(* leader)"
-    leader = cluster.by_url(cluster.wait_for_leader())
-    assert sum(" * " in line or line.split()[1] == "*" for line in lines[1:-1]) == 1
-    assert [line.split()[0] for line in lines[1:-1] if line.split()[1] == "*"] == [f"127.0.0.1:{leader.port}"]
+    rows = [line.split() for line in lines[1:-1]]
+    assert [row[0] for row in rows if row[1] == "*"] == [f"127.0.0.1:{leader.port}"]
+    assert sorted(row[-4] for row in rows) == urls
+    assert all(row[-3] == "voter" and row[-2].isdigit() and row[-1] == "yes" for row in rows), lines
 
     extra = JoiningNode(cluster, BASE_PORT + 3, urls)
     try:
