@@ -37,7 +37,9 @@ FORWARDED_REQUEST_HEADERS = ("Authorization", "Idempotency-Key", "If-Match", "If
 # What a browser page of the cluster may send (CORS preflight).
 ALLOWED_REQUEST_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", "If-Match", "If-None-Match",
                            "Last-Event-ID")
-RELAYED_HEADERS = ("Retry-After", NEXT_OFFSET_HEADER, TOTAL_HEADER, "ETag", "Location", "WWW-Authenticate")
+RELAYED_HEADERS = ("Retry-After", NEXT_OFFSET_HEADER, TOTAL_HEADER, "ETag", "Location", "WWW-Authenticate",
+                   "Idempotent-Replayed", "Content-Disposition", "X-PickleDB-Backup-Index",
+                   "X-PickleDB-Backup-SHA256", "X-PickleDB-Cluster")
 PRINTABLE_ASCII = "".join(map(chr, range(0x21, 0x7F)))
 FORWARD_POOL = 16  # connections from this node to the leader for forwarded requests
 SSE_MAX_STREAMS = 16  # open event streams per node; more get 503 too_many_streams
@@ -219,8 +221,6 @@ def page_args() -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------ leader routing
-
-
 def forward():
     """Send this request, exactly as received, to the leader and relay its answer. With a
     cluster secret, the caller's token is replaced by its identity, signed for this request:
@@ -229,20 +229,21 @@ def forward():
     c = ctx()
     node, peers_http = c.node, c.peers_http
     leader = node.core.leader_id
-    if request.headers.get(FORWARDED_HEADER) or leader is None or leader == node.id:
+    leader_url = node.url_of(leader)  # raft ids are node ids, not URLs
+    if request.headers.get(FORWARDED_HEADER) or leader_url is None or leader == node.id:
         raise no_leader()
-    body, target, host = request.get_data(cache=True), request_target(request.environ), urlsplit(leader).netloc
+    body, target, host = request.get_data(cache=True), request_target(request.environ), urlsplit(leader_url).netloc
     headers = {name: request.headers[name] for name in FORWARDED_REQUEST_HEADERS if name in request.headers}
     identity = g.get("identity")
     if identity is not None and c.authenticator.signs_identities:
         headers.pop("Authorization", None)
         headers.update(c.authenticator.identity_headers(identity, request.method, target, host, body))
     prepared = peers_http.prepare_request(requests.Request(
-        request.method, leader, data=body,
+        request.method, leader_url, data=body,
         headers={**headers, "Content-Type": "application/json", FORWARDED_HEADER: node.id,
                  "Host": host}))  # the route may be a proxy's address
     # Set after prepare(), which would decode %2e and remove dot segments.
-    prepared.url = node.routes.get(leader, leader) + target
+    prepared.url = node.routes.get(leader, leader_url) + target
     try:
         resp = peers_http.send(prepared, timeout=node.request_timeout + 2, allow_redirects=False)
     except requests.RequestException as exc:
@@ -252,7 +253,8 @@ def forward():
         # The leader may have received and applied it before the connection broke.
         raise ClientError(503, "unknown_outcome", f"lost the connection to the leader {leader}; "
                           "the write may or may not have been applied", retry_after=1)
-    headers = {k: v for k, v in resp.headers.items() if k in RELAYED_HEADERS}
+    # waitress spells names its own way (ETag as Etag): look them up case-insensitively.
+    headers = {name: resp.headers[name] for name in RELAYED_HEADERS if name in resp.headers}
     return Response(resp.content, status=resp.status_code, headers=headers,
                     mimetype=resp.headers.get("Content-Type", "application/json"))
 

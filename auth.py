@@ -45,6 +45,10 @@ IDENTITY_ENVIRON, SIGNATURE_ENVIRON = ("HTTP_" + h.upper().replace("-", "_") for
                                                                                      IDENTITY_SIGNATURE_HEADER))
 IDENTITY_WINDOW = 30.0  # seconds a signed identity stays valid (nodes' clocks must agree this well)
 IDENTITY_KEY_LABEL = b"pickledb client identity v1"
+# A node's own signed claim (a joining node asking to be added) is "node/<id>:admin": "/" is in no
+# token name, so no token can pose as a node. Holding the cluster secret already lets one take
+# part in Raft, which is more than admin.
+NODE_IDENTITY_PREFIX = "node/"
 FAILURE_LIMIT = 10  # failed attempts per address and window before 429
 FAILURE_WINDOW = 60.0
 TRACKED_ADDRESSES = 10_000  # the failure table's size; the oldest entries go first
@@ -240,9 +244,7 @@ class Authenticator:
     def __init__(self, path: str, cluster_secret: str | None = None, limiter: FailureLimiter | None = None):
         self.path = path
         self.limiter = limiter or FailureLimiter()
-        # Derived, not the secret's SHA-256: that travels in every node-to-node request.
-        self.identity_key = (hmac.new(cluster_secret.encode("utf-8", "surrogateescape"), IDENTITY_KEY_LABEL,
-                                      hashlib.sha256).digest() if cluster_secret else None)
+        self.identity_key = identity_key(cluster_secret) if cluster_secret else None
         self.by_digest, self.by_name = self._load()
 
     def _load(self) -> tuple[dict[str, Identity], dict[str, Identity]]:
@@ -308,13 +310,10 @@ class Authenticator:
     # A forwarded request: "name:role" and "timestamp:hmac" over everything that makes the
     # request what it is, so a captured header cannot be reused for another request.
     def _mac(self, identity: str, method: str, target: str, host: str, body: bytes, timestamp: str) -> str:
-        message = "\n".join((identity, method, target, host, hashlib.sha256(body).hexdigest(), timestamp))
-        return hmac.new(self.identity_key, message.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
+        return identity_mac(self.identity_key, identity, method, target, host, body, timestamp)
 
     def identity_headers(self, identity: Identity, method: str, target: str, host: str, body: bytes) -> dict:
-        claim, timestamp = f"{identity.name}:{identity.role}", f"{time.time():.3f}"
-        return {IDENTITY_HEADER: claim,
-                IDENTITY_SIGNATURE_HEADER: f"{timestamp}:{self._mac(claim, method, target, host, body, timestamp)}"}
+        return signed_identity_headers(self.identity_key, identity, method, target, host, body)
 
     def _forwarded_identity(self, environ: dict, target: str, read_body) -> Identity:
         """A follower's signed claim. Only a bad signature counts as a failed attempt: the
@@ -337,11 +336,36 @@ class Authenticator:
             raise unauthorized(f"the forwarded identity is more than {IDENTITY_WINDOW:.0f} s old "
                                "(are the nodes' clocks in step?)", "invalid_token")
         name, _, role = claim.rpartition(":")
+        if name.startswith(NODE_IDENTITY_PREFIX):
+            return Identity(name, "admin")
         known = self.by_name.get(name)
         if known is None or role not in ROLES:
             raise unauthorized("the forwarded identity is unknown here (revoked?)", "invalid_token")
         # The lesser of the two: a token revoked or demoted on either node loses its rights.
         return Identity(name, min(role, known.role, key=ROLES.index))
+
+
+def identity_key(cluster_secret: str) -> bytes:
+    """Derived, not the secret's SHA-256: that travels in every node-to-node request."""
+    return hmac.new(cluster_secret.encode("utf-8", "surrogateescape"), IDENTITY_KEY_LABEL, hashlib.sha256).digest()
+
+
+def identity_mac(key: bytes, identity: str, method: str, target: str, host: str, body: bytes, timestamp: str) -> str:
+    message = "\n".join((identity, method, target, host, hashlib.sha256(body).hexdigest(), timestamp))
+    return hmac.new(key, message.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
+
+
+def signed_identity_headers(key: bytes, identity: Identity, method: str, target: str, host: str, body: bytes) -> dict:
+    claim, timestamp = f"{identity.name}:{identity.role}", f"{time.time():.3f}"
+    return {IDENTITY_HEADER: claim,
+            IDENTITY_SIGNATURE_HEADER: f"{timestamp}:{identity_mac(key, claim, method, target, host, body, timestamp)}"}
+
+
+def node_identity_headers(cluster_secret: str, node_id: str, method: str, target: str, host: str,
+                          body: bytes) -> dict:
+    """Headers by which a node (holding the cluster secret) proves itself to another node's API."""
+    return signed_identity_headers(identity_key(cluster_secret), Identity(NODE_IDENTITY_PREFIX + node_id, "admin"),
+                                   method, target, host, body)
 
 
 def unauthorized(message: str, error_code: str | None = None) -> AuthError:

@@ -30,16 +30,16 @@ import logging
 import os
 import queue
 import random
+import re
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-
-import re
 from urllib.parse import urlsplit
 
 import orjson
 
+import auth
 from raft_core import (APPEND_REQ, LEADER, LEARNER, NOOP, REQUESTS, SNAP_REQ, VOTER, ConfigRefused,
                        NotLeader, RaftCore, TransferInProgress)
 from storage import Storage, StorageError
@@ -327,14 +327,19 @@ class Node:
         """Ask the members listed in --join to add this node (as a voter once caught up), trying
         them in turn with backoff, for at most join_timeout. Idempotent on their side."""
         import requests  # only a joining node needs an HTTP client here
-        body = {"url": self.url, "id": self.id, "learner": self.config.join_as_learner}
+        body = orjson.dumps({"url": self.url, "id": self.id, "learner": self.config.join_as_learner})
         deadline = time.monotonic() + 2 * self.join_timeout
         pause, attempt = 0.2, 0
         while not self.stopping.is_set() and time.monotonic() < deadline:
             target = self.config.join[attempt % len(self.config.join)]
             attempt += 1
             try:
-                resp = requests.post(target + "/cluster/members", json=body, timeout=self.join_timeout + 5)
+                headers = {"Content-Type": "application/json"}
+                if self.config.cluster_secret:  # a cluster with client tokens lets a node that proves it holds the secret join
+                    headers.update(auth.node_identity_headers(self.config.cluster_secret, self.id, "POST", "/cluster/members",
+                                                              urlsplit(target).netloc, body))
+                resp = requests.post(target + "/cluster/members", data=body, headers=headers,
+                                     timeout=self.join_timeout + 5)
                 if resp.status_code in (200, 201):
                     log.info("joined the cluster through %s as %s", target, self.id)
                     return

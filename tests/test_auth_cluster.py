@@ -105,6 +105,36 @@ def test_follower_checks_the_token_and_forwards_the_identity(cluster, tokens):
     assert titles == ["via follower"]
 
 
+def test_a_node_holding_the_secret_joins_without_a_token(cluster, tokens):
+    """--join signs its request with the cluster secret: a new node needs no admin token, and a
+    node with another secret is refused."""
+    path, made = tokens
+    leader, (follower, _) = roles(cluster)
+
+    def member_ids():
+        r = requests.get(leader.url + "/cluster/members", headers=bearer(made["reader"]), timeout=5)
+        return {m["id"] for m in r.json()["members"]}
+    joiner = AuthNode(cluster, 3, BASE_PORT + 20, join=[follower.url])
+    joiner.auth_file = os.path.join(cluster.root, "auth_joiner.json")
+    shutil.copy(path, joiner.auth_file)
+    joiner.session.headers["Authorization"] = f"Bearer {made['reader']}"
+    impostor = AuthNode(cluster, 4, BASE_PORT + 21, join=[follower.url])
+    impostor.auth_file = joiner.auth_file
+    impostor.session.headers["Authorization"] = f"Bearer {made['reader']}"
+    impostor.extra_args = ["--cluster-secret", "another secret"]  # the last one given wins
+    try:
+        joiner.start()
+        wait_for(lambda: joiner.id in member_ids(), 30, "the new node to be a member")
+        impostor.start()
+        wait_for(lambda: "cannot join" in impostor.log_tail(50), 20, "the impostor to be refused")
+        assert "HTTP 401" in impostor.log_tail(50) and impostor.id not in member_ids()
+        r = requests.delete(f"{leader.url}/cluster/members/{joiner.id}", headers=bearer(made["boss"]), timeout=30)
+        assert r.status_code == 200, r.text
+    finally:
+        joiner.stop()
+        impostor.stop()
+
+
 def test_sighup_reloads_the_auth_file(cluster, tokens):
     path, made = tokens
     leader, (follower, _) = roles(cluster)

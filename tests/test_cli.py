@@ -96,7 +96,7 @@ def test_port_in_use(tmp_path):
 
 
 def test_an_address_of_another_machine(tmp_path):
-    result = run_node(*node_args(tmp_path), "--host", "192.0.2.1", "--cluster-secret", "s")
+    result = run_node(*node_args(tmp_path), "--host", "192.0.2.1", "--cluster-secret", "s", "--insecure")
     assert_startup_error(result, "cannot listen on 192.0.2.1:")
 
 
