@@ -418,7 +418,7 @@ def check_idempotent_retries(ops: Iterable[Op], final_tasks: Optional[list]) -> 
             continue
         retried += op.attempts > 1
         by_key.setdefault(op.idem_key, []).append(op)
-    created: dict = {}  # title -> task id the create's answers name
+    created: dict = {}  # title -> task id the create's answers name (None: no answer)
     for key, key_ops in by_key.items():
         if len(key_ops) > 1:
             c.fail(f"key {key} was sent by {len(key_ops)} operations: "
@@ -434,16 +434,17 @@ def check_idempotent_retries(ops: Iterable[Op], final_tasks: Optional[list]) -> 
         op = key_ops[0]
         if op.f == "create" and isinstance(op.value, dict):
             ids = {b.get("id") for s, b in answers if s == 201 and isinstance(b, dict)}
-            if ids:
-                created[op.value.get("title")] = next(iter(ids))
+            created[op.value.get("title")] = next(iter(ids)) if len(ids) == 1 else None
     if final_tasks is not None:
         seen: dict = {}
         for task in final_tasks:
             seen.setdefault(task.get("title"), []).append(task.get("id"))
         for title, ids in seen.items():
+            if title not in created:  # not a keyed create of this history (a hostile request's)
+                continue
             if len(ids) > 1:
                 c.fail(f"create of title {title!r} applied {len(ids)} times: tasks {ids}")
-            elif title in created and ids[0] != created[title]:
+            elif created[title] is not None and ids[0] != created[title]:
                 c.fail(f"task titled {title!r} is {ids[0]}, but its create was answered {created[title]}")
     c.info.update({"keys": len(by_key), "retried": retried})
     return c
