@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 
 from api_common import SEND_CHUNK, Slot, ctx, error, json_response, read
 from auth import open_route, requires
@@ -23,23 +23,26 @@ from backup import backup_checksum, encode_backup
 from cluster_manager import ClientError
 from metrics import NodeMetrics, leader_known
 
-BACKUP_SLOTS = 1  # backups encoded or sent at once (each holds a full encoded copy of the state)
+BACKUP_SLOTS = 1  # backups encoded or sent at once per node (each holds a full encoded copy of the state)
+BACKUP_SLOTS_KEY = "pickledb.backup_slots"  # in app.extensions
 BACKUP_INDEX_HEADER = "X-PickleDB-Backup-Index"
 BACKUP_SHA256_HEADER = "X-PickleDB-Backup-SHA256"
 CLUSTER_HEADER = "X-PickleDB-Cluster"
 
 bp = Blueprint("ops", __name__)
-backup_slots = threading.BoundedSemaphore(BACKUP_SLOTS)
 
 
 @bp.record_once
-def instrument(state) -> None:
+def set_up(state) -> None:
     """Measure the app's requests. Runs when the blueprint is registered: before the node-to-node
     routes are put in front of the app, so Raft traffic is not measured."""
     node = state.app.extensions["pickledb"].node
-    if getattr(node, "metrics", None) is None:  # a runtime that does not create them (no write-path hooks)
+    # Until the runtime creates node.metrics (cluster_manager hooks), the write-path histograms
+    # stay empty; drop these two lines once it does.
+    if getattr(node, "metrics", None) is None:
         node.metrics = NodeMetrics(node)
     node.metrics.instrument(state.app)
+    state.app.extensions[BACKUP_SLOTS_KEY] = threading.BoundedSemaphore(BACKUP_SLOTS)
 
 
 @bp.get("/metrics")
@@ -79,7 +82,7 @@ def cluster_backup():
 
 
 def serve_backup() -> Response:
-    node = ctx().node
+    node, backup_slots = ctx().node, current_app.extensions[BACKUP_SLOTS_KEY]
     if not backup_slots.acquire(blocking=False):
         raise ClientError(503, "busy", "another backup is being taken on this node; retry shortly", retry_after=1)
     slot = Slot(backup_slots)  # held until the response is closed: one encoded copy in memory at a time
@@ -96,8 +99,8 @@ def serve_backup() -> Response:
                "Content-Disposition": f'attachment; filename="pickledb-backup-{index}.json"'}
     if cluster_id is not None:  # None only on a joining node that has not heard from the leader
         headers[CLUSTER_HEADER] = cluster_id
-    view = memoryview(data)
-    response = Response((bytes(view[start:start + SEND_CHUNK]) for start in range(0, len(data), SEND_CHUNK)),
+    buffer = memoryview(data)
+    response = Response((bytes(buffer[start:start + SEND_CHUNK]) for start in range(0, len(data), SEND_CHUNK)),
                         headers=headers, mimetype="application/json")
     response.call_on_close(slot.release)
     return response

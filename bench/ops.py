@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, BENCH)
 
 from harness import Cluster, NodeProc  # noqa: E402
-from run import FAST, POST_LUA, log, rnd, run_wrk  # noqa: E402
+from run import FAST, POST_LUA, log, node_pids, rnd, run_wrk  # noqa: E402
 from storage import Storage  # noqa: E402
 
 WITHOUT_METRICS_FLAG = "--node-without-metrics"
@@ -100,11 +100,25 @@ def start(cluster: Cluster) -> str:
         raise
 
 
+def leader_view(cluster: Cluster) -> tuple[str, int]:
+    url = cluster.wait_for_leader(timeout=15)
+    return url, cluster.by_url(url).status()["term"]
+
+
+def steady_run(cluster: Cluster, clients: int, duration: float) -> dict | None:
+    """One wrk run against the leader; None if leadership moved meanwhile (on a loaded machine
+    a 0.6 s election timeout can pass: the run would then measure forwarding, not the leader)."""
+    before = leader_view(cluster)
+    run = run_wrk(before[0] + "/tasks", POST_LUA, clients, duration, pids=node_pids(cluster, before[0]))
+    return run if leader_view(cluster) == before else None
+
+
 def metrics_cost(cfg, workdir: str) -> dict:
     log("ops: metrics cost, two 3-node clusters (as shipped / metrics stand-in)")
     shipped = Cluster(os.path.join(workdir, "with-metrics"), n=3, heartbeat=FAST[0], election=FAST[1])
     bare = BareCluster(os.path.join(workdir, "without-metrics"), n=3, heartbeat=FAST[0], election=FAST[1])
     out = {"clients": {}}
+    clusters = {"with": shipped, "without": bare}
     leaders = {"with": start(shipped)}
     try:
         leaders["without"] = start(bare)
@@ -113,14 +127,23 @@ def metrics_cost(cfg, workdir: str) -> dict:
             raise RuntimeError(f"the shipped cluster serves no metrics: {scrape.status_code}")
         for url in leaders.values():
             run_wrk(url + "/tasks", POST_LUA, 16, 1)  # warm-up, not recorded
+        out["pairs_redone"] = 0
         for clients in cfg.ops_clients:
             pairs = []
             for rep in range(cfg.repeats):
                 order = ("with", "without") if rep % 2 == 0 else ("without", "with")
-                runs = {kind: run_wrk(leaders[kind] + "/tasks", POST_LUA, clients, cfg.duration) for kind in order}
+                for _ in range(3):  # a pair in which a leader changed is run again
+                    runs = {kind: steady_run(clusters[kind], clients, cfg.duration) for kind in order}
+                    if all(runs.values()):
+                        break
+                    out["pairs_redone"] += 1
+                    log(f"  {clients} clients, run {rep + 1}: a leader changed during the pair; running it again")
+                else:
+                    raise RuntimeError("leadership kept moving during the runs: the machine is too busy")
                 pairs.append(runs)
-                log(f"  {clients} clients, run {rep + 1}: with metrics {runs['with']['rps']:.0f} req/s, "
-                    f"without {runs['without']['rps']:.0f} req/s")
+                log(f"  {clients} clients, run {rep + 1}: with metrics {runs['with']['rps']:.0f} req/s "
+                    f"(leader CPU {runs['with']['cpu']['leader']}), without {runs['without']['rps']:.0f} req/s "
+                    f"(leader CPU {runs['without']['cpu']['leader']})")
             ratio = statistics.median(p["with"]["rps"] / p["without"]["rps"] for p in pairs)
             out["clients"][clients] = {
                 "with_rps": rnd(statistics.median(p["with"]["rps"] for p in pairs), 1),
@@ -129,11 +152,11 @@ def metrics_cost(cfg, workdir: str) -> dict:
                 "without_p50_ms": rnd(statistics.median(p["without"]["p50_ms"] for p in pairs)),
                 "ratio": rnd(ratio), "cost_pct": rnd((1 - ratio) * 100, 1),
                 "errors": sum(p[k]["errors"] for p in pairs for k in p)}
-        session = requests.Session()
+        session, leader = requests.Session(), leader_view(shipped)[0]
         times = []
         for _ in range(20):
             t = time.perf_counter()
-            session.get(leaders["with"] + "/metrics", timeout=5).raise_for_status()
+            session.get(leader + "/metrics", timeout=5).raise_for_status()
             times.append(time.perf_counter() - t)
         out["scrape_ms"] = rnd(statistics.median(times) * 1000, 2)
     finally:
