@@ -526,9 +526,21 @@ class Node:
 
     def hand_over(self) -> None:
         """On shutdown: a leader hands leadership to the most up-to-date voter and waits (at most
-        about an election timeout) for it to take over, so the cluster barely notices."""
+        about an election timeout) for it to take over, so the cluster barely notices. Only a
+        voter that answered within an election timeout can take over: with none (the last node
+        of a cluster being stopped), the node just stops."""
+        def reachable_successor():
+            core, now = self.core, time.monotonic()
+            if core.role != LEADER:
+                return None
+            alive = [(core.progress[v].match, v) for v in core.voters
+                     if v != self.id and v in core.progress and now - core.progress[v].last_ack < core.election_timeout]
+            return max(alive)[1] if alive else None
+        target = self.call(reachable_successor)
+        if target is None:
+            return
         try:
-            self.transfer_leader(None, wait=self.config.election_timeout)
+            self.transfer_leader(target, wait=self.config.election_timeout)
         except ClientError as exc:
             if exc.code != "no_leader":  # not the leader: nothing to hand over
                 log.warning("no leadership transfer before stopping: %s", exc.message)

@@ -16,6 +16,7 @@ import unicodedata
 from urllib.parse import urlsplit
 
 import auth
+import logs
 import tls
 from http_server import HTTPServer, Limits
 
@@ -62,6 +63,7 @@ def parse_args(argv, default_port: int):
                    help="shared secret for node-to-node requests (default: $PICKLEDB_CLUSTER_SECRET; "
                         "an empty variable counts as unset)")
     auth.add_arguments(p)
+    logs.add_arguments(p)
     tls.add_arguments(p)
     args = p.parse_args(argv)
     for problem in tls.validate(args):
@@ -204,8 +206,10 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
         node_tls = tls.load(args)
     except tls.TLSError as exc:
         return fail(str(exc))
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{args.port}] %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    try:
+        logs.configure(args, label=str(args.port))
+    except logs.LogSetupError as exc:
+        return fail(str(exc))
     config = NodeConfig(
         host=args.host, port=args.port, peers=args.peer_list, peer_ids=args.peer_ids,
         node_id=args.node_id, advertise_url=args.advertise_url, join=args.join_list,

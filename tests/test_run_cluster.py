@@ -43,6 +43,7 @@ def checkout(tmp_path):
         if name.endswith(".py") or name in ("run_cluster.sh", "requirements.txt"):
             shutil.copy(os.path.join(ROOT, name), tmp_path / name)
     shutil.copytree(os.path.join(ROOT, "examples"), tmp_path / "examples")
+    shutil.copytree(os.path.join(ROOT, "docs"), tmp_path / "docs")  # the OpenAPI document the node serves
     os.symlink(os.path.join(ROOT, ".venv"), tmp_path / ".venv")
     yield tmp_path
     subprocess.run(["./run_cluster.sh", "stop"], cwd=tmp_path, capture_output=True, timeout=60)
