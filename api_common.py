@@ -16,9 +16,10 @@ from urllib.parse import quote, urlsplit
 import orjson
 import requests
 import urllib3
-from flask import Response, current_app, request
+from flask import Response, current_app, g, request
 from werkzeug.routing import BaseConverter
 
+from auth import Authenticator
 from cluster_manager import ClientError, Node, no_leader
 
 MAX_BODY = 1024 * 1024
@@ -33,7 +34,12 @@ NEXT_OFFSET_HEADER = "X-Next-Offset"  # GET /jobs keeps its bare {key: value} bo
 TOTAL_HEADER = "X-Total-Count"
 # What a forwarded request carries besides its body, and what of the leader's answer comes back.
 FORWARDED_REQUEST_HEADERS = ("Authorization", "Idempotency-Key", "If-Match", "If-None-Match")
-RELAYED_HEADERS = ("Retry-After", NEXT_OFFSET_HEADER, TOTAL_HEADER, "ETag", "Location", "WWW-Authenticate")
+# What a browser page of the cluster may send (CORS preflight).
+ALLOWED_REQUEST_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", "If-Match", "If-None-Match",
+                           "Last-Event-ID")
+RELAYED_HEADERS = ("Retry-After", NEXT_OFFSET_HEADER, TOTAL_HEADER, "ETag", "Location", "WWW-Authenticate",
+                   "Idempotent-Replayed", "Content-Disposition", "X-PickleDB-Backup-Index",
+                   "X-PickleDB-Backup-SHA256", "X-PickleDB-Cluster")
 PRINTABLE_ASCII = "".join(map(chr, range(0x21, 0x7F)))
 FORWARD_POOL = 16  # connections from this node to the leader for forwarded requests
 SSE_MAX_STREAMS = 16  # open event streams per node; more get 503 too_many_streams
@@ -47,18 +53,24 @@ class NodeContext:
     status_pool: ThreadPoolExecutor
     list_slots: threading.BoundedSemaphore
     stream_slots: threading.BoundedSemaphore
+    authenticator: Authenticator | None
 
     @classmethod
-    def build(cls, node: Node) -> "NodeContext":
+    def build(cls, node: Node, authenticator: Authenticator | None = None) -> "NodeContext":
         # One bounded, shared keep-alive pool: per-thread sessions would open one connection per
         # server thread to the leader and exhaust its connection limit.
         peers_http = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=max(1, len(node.config.peers)),
                                                 pool_maxsize=FORWARD_POOL, pool_block=True)
         peers_http.mount("http://", adapter)
+        peers_http.mount("https://", adapter)
+        if node.config.tls is not None:
+            peers_http.trust_env = False  # else $REQUESTS_CA_BUNDLE would replace the cluster CA
+            peers_http.verify = node.config.tls.requests_verify
+            peers_http.cert = node.config.tls.requests_cert
         status_pool = ThreadPoolExecutor(max_workers=max(1, len(node.config.peers)), thread_name_prefix="status")
         return cls(node, peers_http, status_pool, threading.BoundedSemaphore(LIST_SLOTS),
-                   threading.BoundedSemaphore(SSE_MAX_STREAMS))
+                   threading.BoundedSemaphore(SSE_MAX_STREAMS), authenticator)
 
 
 def ctx() -> NodeContext:
@@ -214,22 +226,29 @@ def page_args() -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------ leader routing
-
-
 def forward():
-    """Send this request, exactly as received, to the leader and relay its answer."""
+    """Send this request, exactly as received, to the leader and relay its answer. With a
+    cluster secret, the caller's token is replaced by its identity, signed for this request:
+    the leader trusts it without seeing the token. Without one (loopback only), the token
+    goes along and the leader checks it again."""
     c = ctx()
     node, peers_http = c.node, c.peers_http
     leader = node.core.leader_id
-    if request.headers.get(FORWARDED_HEADER) or leader is None or leader == node.id:
+    leader_url = node.url_of(leader)  # raft ids are node ids, not URLs
+    if request.headers.get(FORWARDED_HEADER) or leader_url is None or leader == node.id:
         raise no_leader()
+    body, target, host = request.get_data(cache=True), request_target(request.environ), urlsplit(leader_url).netloc
+    headers = {name: request.headers[name] for name in FORWARDED_REQUEST_HEADERS if name in request.headers}
+    identity = g.get("identity")
+    if identity is not None and c.authenticator.signs_identities:
+        headers.pop("Authorization", None)
+        headers.update(c.authenticator.identity_headers(identity, request.method, target, host, body))
     prepared = peers_http.prepare_request(requests.Request(
-        request.method, leader, data=request.get_data(cache=True),
-        headers={**{name: request.headers[name] for name in FORWARDED_REQUEST_HEADERS if name in request.headers},
-                 "Content-Type": "application/json", FORWARDED_HEADER: node.id,
-                 "Host": urlsplit(leader).netloc}))  # the route may be a proxy's address
+        request.method, leader_url, data=body,
+        headers={**headers, "Content-Type": "application/json", FORWARDED_HEADER: node.id,
+                 "Host": host}))  # the route may be a proxy's address
     # Set after prepare(), which would decode %2e and remove dot segments.
-    prepared.url = node.routes.get(leader, leader) + request_target(request.environ)
+    prepared.url = node.routes.get(leader, leader_url) + target
     try:
         resp = peers_http.send(prepared, timeout=node.request_timeout + 2, allow_redirects=False)
     except requests.RequestException as exc:
@@ -239,7 +258,8 @@ def forward():
         # The leader may have received and applied it before the connection broke.
         raise ClientError(503, "unknown_outcome", f"lost the connection to the leader {leader}; "
                           "the write may or may not have been applied", retry_after=1)
-    headers = {k: v for k, v in resp.headers.items() if k in RELAYED_HEADERS}
+    # waitress spells names its own way (ETag as Etag): look them up case-insensitively.
+    headers = {name: resp.headers[name] for name in RELAYED_HEADERS if name in resp.headers}
     return Response(resp.content, status=resp.status_code, headers=headers,
                     mimetype=resp.headers.get("Content-Type", "application/json"))
 

@@ -7,7 +7,8 @@ import orjson
 from flask import Blueprint, request
 
 from api_common import (MAX_BODY, NEXT_OFFSET_HEADER, TOTAL_HEADER, BadRequest, ctx, encode_page, error,
-                        json_object, json_response, list_page, page_args, read, write)
+                        json_object, json_response, list_page, page_args, read)
+from api_tasks import contract_write
 from auth import requires
 from cluster_manager import MAX_COMMAND_DEPTH
 
@@ -82,7 +83,7 @@ def set_value():
     if size > MAX_VALUE_BYTES:
         raise BadRequest(f"'value' encodes to {size} bytes, more than {MAX_VALUE_BYTES}", 413,
                          "request_entity_too_large")
-    return write(lambda: {"op": "set", "key": key, "value": value})
+    return contract_write(lambda: {"op": "set", "key": key, "value": value}, body)
 
 
 @bp.get("/jobs")

@@ -4,7 +4,8 @@ RPC layer (transport.py) wraps the app.
 
 At the edge, before anything is proposed: only the node's own host names are served (DNS
 rebinding), writes must be JSON and must not come from a foreign origin (CSRF). Every route
-declares the permission it needs (auth.py); the app refuses to start if one does not.
+declares the permission it needs (auth.py); the app refuses to start if one does not. With an
+authenticator, the caller's token (or a forwarding node's signed identity) must grant it.
 """
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ import os
 import re
 from urllib.parse import urlsplit
 
-from flask import Flask, request, send_file
-from flask_cors import CORS
+from flask import Flask, g, request, send_file
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import RequestRedirect
 
@@ -24,9 +24,9 @@ import api_events
 import api_kv
 import api_ops
 import api_tasks
-from api_common import (MAX_BODY, RELAYED_HEADERS, AnyPathConverter, BadRequest, NodeContext, error,
-                        host_name)
-from auth import open_route, permission_of
+from api_common import (ALLOWED_REQUEST_HEADERS, MAX_BODY, RELAYED_HEADERS, AnyPathConverter, BadRequest,
+                        NodeContext, error, host_name, request_target)
+from auth import OPEN, AuthError, Authenticator, forbidden, open_route, permission_of
 from cluster_manager import ClientError, Node
 from transport import raft_rpc
 
@@ -38,42 +38,65 @@ DASHBOARD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples",
 BLUEPRINTS = (api_tasks.bp, api_kv.bp, api_cluster.bp, api_events.bp, api_ops.bp, api_docs.bp)
 
 
-def authority(name: str, port: int) -> str:
+DEFAULT_PORTS = {"http": 80, "https": 443}
+PREFLIGHT_MAX_AGE = "600"
+
+
+def authority(name: str, port: int, scheme: str = "http") -> str:
     """host[:port] as a Host header or an origin carries it (no port when it is the default)."""
-    return name if port == 80 else f"{name}:{port}"
+    return name if port == DEFAULT_PORTS.get(scheme) else f"{name}:{port}"
 
 
-def served_names(node: Node, extra_hosts=()) -> tuple[set[str], set[str]]:
-    """The Host header values this node answers to, and the origins whose pages may write to it.
+def served_names(own_url: str, member_urls, extra_hosts=()) -> tuple[frozenset[str], frozenset[str]]:
+    """The Host header values this node answers to, and the origins whose pages may use it.
 
-    Hosts: the loopback names, the node's own host and its peers' hosts, each with this node's
+    Hosts: the loopback names, this node's host and every member's host, each with this node's
     port, and `extra_hosts` ("name" with this node's port, or "name:port"). Origins: the pages
-    of any node of the cluster: this node under any of its host names, and each peer's URL
+    of any member of the cluster: this node under any of its host names, and each member's URL
     (with every loopback name when its host is one)."""
-    port = urlsplit(node.id).port
-    names = {*LOOPBACK_NAMES, host_name(node.id), *map(host_name, node.config.peers)}
-    hosts = {authority(name, port) for name in names}
+    own = urlsplit(own_url)
+    port = own.port or DEFAULT_PORTS[own.scheme]
+    names = {*LOOPBACK_NAMES, host_name(own_url), *map(host_name, member_urls)}
+    hosts = {authority(name, port, own.scheme) for name in names}
     for extra in extra_hosts:
         extra = extra.lower()
-        hosts.add(extra if re.fullmatch(r"(\[[^\]]*\]|[^:\[\]]+):\d+", extra) else authority(extra, port))
-    origins = {f"http://{host}" for host in hosts}
-    for peer in node.config.peers:
-        name, peer_port = host_name(peer), urlsplit(peer).port or 80
+        hosts.add(extra if re.fullmatch(r"(\[[^\]]*\]|[^:\[\]]+):\d+", extra) else authority(extra, port, own.scheme))
+    origins = {f"{own.scheme}://{host}" for host in hosts}
+    for url in member_urls:
+        parts = urlsplit(url)
+        name, member_port = host_name(url), parts.port or DEFAULT_PORTS[parts.scheme]
         for variant in LOOPBACK_NAMES if name in LOOPBACK_NAMES else (name,):
-            origins.add(f"http://{authority(variant, peer_port)}")
-    return hosts, origins
+            origins.add(f"{parts.scheme}://{authority(variant, member_port, parts.scheme)}")
+    return frozenset(hosts), frozenset(origins)
 
 
+class ServedNames:
+    """served_names() for the cluster's current configuration: a node that joins becomes an
+    origin whose dashboard may use this node, a removed one stops being one."""
 
-def create_app(node: Node, extra_hosts=()) -> Flask:
-    app = Flask(__name__)
+    def __init__(self, node: Node, extra_hosts=()):
+        self.node, self.extra_hosts = node, tuple(extra_hosts)
+        self.members: list | None = None
+        self.hosts = self.origins = frozenset()
+
+    def current(self) -> tuple[frozenset[str], frozenset[str]]:
+        members = self.node.core.members  # replaced, never changed in place, by the raft thread
+        if members is not self.members:
+            urls = [m["url"] for m in members] or self.node.config.peers
+            self.hosts, self.origins = served_names(self.node.url, urls, self.extra_hosts)
+            self.members = members
+        return self.hosts, self.origins
+
+
+def create_app(node: Node, extra_hosts=(), authenticator: Authenticator | None = None) -> Flask:
+    app = Flask(__name__, static_folder=None)  # the dashboard is one file; nothing else is served
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.json.sort_keys = False
     app.url_map.merge_slashes = False  # no redirects (Flask sends them as HTML); /jobs/a//b reads key "a//b"
     app.url_map.converters["anypath"] = AnyPathConverter
-    hosts, origins = served_names(node, extra_hosts)
-    CORS(app, origins=sorted(origins), expose_headers=list(RELAYED_HEADERS))
-    app.extensions["pickledb"] = NodeContext.build(node)
+    names = ServedNames(node, extra_hosts)
+    allowed_request_headers = {h.lower() for h in ALLOWED_REQUEST_HEADERS}
+    app.extensions["pickledb"] = NodeContext.build(node, authenticator)
 
     # -------------------------------------------------------------- errors
     @app.errorhandler(BadRequest)
@@ -83,6 +106,12 @@ def create_app(node: Node, extra_hosts=()) -> Flask:
     @app.errorhandler(ClientError)
     def client_error(exc: ClientError):
         return error(exc.status, exc.code, exc.message, exc.retry_after)
+
+    @app.errorhandler(AuthError)
+    def auth_error(exc: AuthError):
+        response = error(exc.status, exc.code, exc.message)
+        response.headers.update(exc.headers)
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
@@ -99,11 +128,29 @@ def create_app(node: Node, extra_hosts=()) -> Flask:
         return error(500, "internal_error", "the node hit an unexpected error")
 
     # -------------------------------------------------------------- edge checks
+    @app.after_request
+    def cross_origin(response):
+        """CORS for the pages of the cluster's own nodes (their dashboards fail over to this one)."""
+        origin = request.headers.get("Origin")
+        response.vary.add("Origin")
+        if origin is None or origin.lower() not in names.current()[1]:
+            return response
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = ", ".join(RELAYED_HEADERS)
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            asked = [h.strip() for h in request.headers.get("Access-Control-Request-Headers", "").split(",")]
+            response.headers["Access-Control-Allow-Methods"] = ", ".join(sorted(response.allow)) or "GET"
+            response.headers["Access-Control-Allow-Headers"] = ", ".join(
+                h for h in asked if h.lower() in allowed_request_headers)
+            response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
+        return response
+
     @app.before_request
     def edge_checks():
         req = request._get_current_object()  # each use of the proxy costs about 1 us
         environ = req.environ
         host = environ.get("HTTP_HOST", "")
+        hosts, origins = names.current()
         if host.lower() not in hosts:
             # DNS rebinding: a foreign name resolved to this address must not reach the API.
             raise BadRequest(f"this node does not answer to the host name {host!r}", 421, "misdirected_request")
@@ -125,6 +172,22 @@ def create_app(node: Node, extra_hosts=()) -> Flask:
             raise BadRequest("the body must be sent as Content-Type: application/json", 415,
                              "unsupported_media_type")
 
+    if authenticator is not None:
+        @app.before_request
+        def check_permission():
+            req = request._get_current_object()
+            # A CORS preflight carries no credentials; an unknown route or method is answered as such.
+            if req.method == "OPTIONS" or req.url_rule is None:
+                return
+            permission = permission_of(app.view_functions[req.url_rule.endpoint])
+            if permission == OPEN:
+                return
+            identity = authenticator.identify(req.environ, request_target(req.environ),
+                                              lambda: req.get_data(cache=True))
+            if not identity.allows(permission):
+                raise forbidden(identity, permission)
+            g.identity = identity  # a forwarded request carries it to the leader
+
     @app.get("/")
     @open_route
     def dashboard():
@@ -133,7 +196,7 @@ def create_app(node: Node, extra_hosts=()) -> Flask:
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     undeclared = sorted(rule.rule for rule in app.url_map.iter_rules()
-                        if rule.endpoint != "static" and permission_of(app.view_functions[rule.endpoint]) is None)
+                        if permission_of(app.view_functions[rule.endpoint]) is None)
     if undeclared:
         raise RuntimeError(f"routes without a declared permission: {', '.join(undeclared)}")
     app.wsgi_app = raft_rpc(node, app)

@@ -30,16 +30,17 @@ import logging
 import os
 import queue
 import random
+import re
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-
-import re
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
+import auth
 from raft_core import (APPEND_REQ, LEADER, LEARNER, NOOP, REQUESTS, SNAP_REQ, VOTER, ConfigRefused,
                        NotLeader, RaftCore, TransferInProgress)
 from storage import Storage, StorageError
@@ -77,13 +78,15 @@ class NodeConfig:
     cluster_secret: str | None = None
     snapshot_every: int = 10000
     node_id: str | None = None  # default: "<host>:<port>" of the advertised URL
-    advertise_url: str | None = None  # default: http://<host>:<port>
+    advertise_url: str | None = None  # default: http(s)://<host>:<port>
     peer_ids: list[str] | None = None  # ids of `peers`, in order (default: "<host>:<port>" of each)
     join: list[str] = field(default_factory=list)  # members to ask to add us (an empty node only)
+    join_as_learner: bool = False
+    tls: Any = None  # a tls.NodeTLS: the node serves HTTPS and calls its peers over (mutual) TLS
 
     @property
     def url(self) -> str:
-        return self.advertise_url or f"http://{self.host}:{self.port}"
+        return self.advertise_url or f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def id(self) -> str:
@@ -237,7 +240,7 @@ class Node:
         self.change_seq = 0
         self.status_view: dict = {}
         self.transport = Transport(
-            self.id, {}, secret=config.cluster_secret, election_timeout=config.election_timeout,
+            self.id, {}, secret=config.cluster_secret, tls=config.tls, election_timeout=config.election_timeout,
             heartbeat_interval=config.heartbeat_interval, stopping=self.stopping,
             on_message=lambda msg: self.submit(("msg", msg, None)),
             on_snapshot_failed=lambda peer: self.submit(("snapshot_failed", peer)),
@@ -326,14 +329,20 @@ class Node:
         """Ask the members listed in --join to add this node (as a voter once caught up), trying
         them in turn with backoff, for at most join_timeout. Idempotent on their side."""
         import requests  # only a joining node needs an HTTP client here
-        body = {"url": self.url, "id": self.id}
+        body = orjson.dumps({"url": self.url, "id": self.id, "learner": self.config.join_as_learner})
         deadline = time.monotonic() + 2 * self.join_timeout
         pause, attempt = 0.2, 0
         while not self.stopping.is_set() and time.monotonic() < deadline:
             target = self.config.join[attempt % len(self.config.join)]
             attempt += 1
             try:
-                resp = requests.post(target + "/cluster/members", json=body, timeout=self.join_timeout + 5)
+                headers = {"Content-Type": "application/json"}
+                if self.config.cluster_secret:  # a cluster with client tokens lets a node that proves it holds the secret join
+                    headers.update(auth.node_identity_headers(self.config.cluster_secret, self.id, "POST", "/cluster/members",
+                                                              urlsplit(target).netloc, body))
+                tls = self.config.tls
+                resp = requests.post(target + "/cluster/members", data=body, headers=headers, timeout=self.join_timeout + 5,
+                                     **({"verify": tls.requests_verify, "cert": tls.requests_cert} if tls else {}))
                 if resp.status_code in (200, 201):
                     log.info("joined the cluster through %s as %s", target, self.id)
                     return
@@ -435,7 +444,9 @@ class Node:
     def _caught_up(self, node_id: str) -> bool:
         core = self.core
         pr = core.progress.get(node_id)
-        return (pr is not None and pr.match >= core.last_index() - PROMOTE_GAP
+        # It must hold the entry that added it (so it answered for real, under its id) and be
+        # close behind the leader, so that promoting it does not stall commits while it catches up.
+        return (pr is not None and pr.match >= core.config_index and pr.match >= core.last_index() - PROMOTE_GAP
                 and core.now - pr.last_ack < core.election_timeout)
 
     def add_member(self, node_id: str, url: str, learner: bool = False) -> tuple[int, dict]:
@@ -492,8 +503,9 @@ class Node:
         self._settle(once, time.monotonic() + self.request_timeout, f"removing {node_id}")
         return {"removed": node_id}
 
-    def transfer_leader(self, target: str | None) -> dict:
-        """Hand leadership to `target` (None: the most up-to-date voter); returns once it leads."""
+    def transfer_leader(self, target: str | None, wait: float | None = None) -> dict:
+        """Hand leadership to `target` (None: the most up-to-date voter); returns once it leads,
+        or raises 503 transfer_failed after `wait` seconds (default: two election timeouts)."""
         def start():
             core = self._leader_core()
             try:
@@ -501,7 +513,7 @@ class Node:
             except ConfigRefused as exc:
                 raise ClientError(REFUSALS.get(exc.code, 409), exc.code, exc.message)
         chosen = self.call(start)
-        deadline = time.monotonic() + 2 * self.config.election_timeout + 1
+        deadline = time.monotonic() + (wait if wait is not None else 2 * self.config.election_timeout + 1)
         while chosen != self.id:
             leader = self.core.leader_id
             if leader is not None and leader != self.id:
@@ -516,7 +528,7 @@ class Node:
         """On shutdown: a leader hands leadership to the most up-to-date voter and waits (at most
         about an election timeout) for it to take over, so the cluster barely notices."""
         try:
-            self.transfer_leader(None)
+            self.transfer_leader(None, wait=self.config.election_timeout)
         except ClientError as exc:
             if exc.code != "no_leader":  # not the leader: nothing to hand over
                 log.warning("no leadership transfer before stopping: %s", exc.message)
@@ -634,6 +646,8 @@ class Node:
                 waiter.resolve(fn())
             except ClientError as exc:
                 waiter.fail(exc)
+            except ValueError as exc:  # a member list the core refuses as malformed
+                waiter.fail(ClientError(400, "invalid_request", str(exc)))
         elif kind == "snapshot_failed":
             core.snapshot_failed(event[1])
         elif kind == "compact":
@@ -648,6 +662,8 @@ class Node:
         if rd.empty():
             self._drop_unanswered()
             return False
+        if rd.bootstrap_members is not None:  # the leader's configuration at index 0: durable before we answer
+            self.storage.save_cluster({"cluster_id": self.cluster_id, "members": rd.bootstrap_members})
         if rd.members is not None:  # before sending: a new member gets its messages
             self._follow_members(rd.members)
             log.info("configuration in effect: %s", describe_members(rd.members))

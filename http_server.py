@@ -29,21 +29,26 @@ pool. This module adds, without a thread hop of its own:
   for up to `drain_timeout`, then closes every connection from the I/O thread, so no worker
   writes to a closed descriptor.
 
-TLS: waitress has none. Nothing here depends on plain text: routing, caps and deadlines key on
-the parsed request. A terminator in front (the node listening on loopback) keeps every guard;
-TLS inside would wrap accepted sockets in _Listener with a non-blocking handshake in _Channel
-(the head deadline then bounds the handshake too, and the lingering close sends close_notify).
+* TLS (given a tls.NodeTLS): waitress has none, so the I/O thread speaks it itself, with the
+  same channels, so every guard above holds unchanged. An accepted connection's first byte tells
+  a TLS handshake from plain HTTP (answered 400 in plain text); the handshake runs non-blocking
+  on the I/O thread within the head deadline; decrypted bytes OpenSSL still buffers are read at
+  once (poll cannot see them); and only the I/O thread touches a TLS socket (OpenSSL's
+  connections are not thread-safe): workers queue their output and wake it. With a cluster CA,
+  a node-to-node request on a connection that presented no certificate is refused 403. A plain
+  server answers a TLS handshake with a 400 at once, instead of waiting for a request head.
 """
 from __future__ import annotations
 
 import functools
 import logging
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import orjson
 from waitress import wasyncore
@@ -54,11 +59,15 @@ from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
 from waitress.utilities import Error, RequestEntityTooLarge, RequestHeaderFieldsTooLarge
 
+if TYPE_CHECKING:
+    from tls import NodeTLS
+
 log = logging.getLogger("pickledb_cluster.http")
 
 PEER_CONNECTION_RESERVE = 100  # waitress's own limit, a backstop: clients + verified peers + this
 LINGER_BYTES = 4 * 1024 * 1024  # input drained after an error before the connection is closed
-OVERFLOW_LOG_SECONDS = 10  # at most one "connection limit reached" warning per this many seconds
+OVERFLOW_LOG_SECONDS = 10  # at most one "connection limit reached" (or TLS failure) warning per this many seconds
+TLS_RECORD_TYPE_HANDSHAKE = b"\x16"  # the first byte of every TLS connection
 
 
 @dataclass(frozen=True)
@@ -78,7 +87,7 @@ class Limits:
 
 
 # Codes of the API's JSON errors for the statuses waitress itself answers with.
-ERROR_CODES = {400: "bad_request", 408: "request_timeout", 413: "request_entity_too_large",
+ERROR_CODES = {400: "bad_request", 403: "forbidden", 408: "request_timeout", 413: "request_entity_too_large",
                431: "request_header_fields_too_large", 500: "internal_error", 501: "not_implemented",
                503: "too_many_connections"}
 
@@ -95,9 +104,10 @@ class _RequestParser(HTTPRequestParser):
     count from."""
     peer_cap: int | None = None  # set for a node-to-node request: its body cap
 
-    def __init__(self, server: "HTTPServer", adj):
+    def __init__(self, server: "HTTPServer", channel: "_Channel", adj):
         super().__init__(adj)
         self.server = server
+        self.channel = channel
         self.started = time.monotonic()  # the first byte of this request
         self.body_started = 0.0
         self.cap = server.limits.client_body
@@ -108,6 +118,11 @@ class _RequestParser(HTTPRequestParser):
             cap = self.server.peer_routes.get(self.path)
             authentic = self.server.peer_auth
             if cap is not None and (authentic is None or authentic(self.headers)):
+                if not self.channel.certified:
+                    self.error = _Forbidden("node-to-node requests must come over TLS with a certificate "
+                                            "that chains to the cluster CA (--tls-ca)")
+                    self.completed = True
+                    return
                 self.peer_cap = self.cap = cap
 
     def received(self, data):
@@ -129,6 +144,11 @@ class _RequestParser(HTTPRequestParser):
 class _Overloaded(Error):
     code = 503
     reason = "Service Unavailable"
+
+
+class _Forbidden(Error):
+    code = 403
+    reason = "Forbidden"
 
 
 class _ErrorTask(ErrorTask):
@@ -165,11 +185,12 @@ class _Channel(HTTPChannel):
     linger_on_close = False
     lingering_until: float | None = None
     lingered = 0
+    certified = True  # may send node-to-node requests (TLS with a cluster CA: presented a certificate)
 
     def __init__(self, server: "_Listener", sock, addr, adj, map=None):
         super().__init__(server, sock, addr, adj, map)
         self.owner = server.owner
-        self.parser_class = functools.partial(_RequestParser, self.owner)
+        self.parser_class = functools.partial(_RequestParser, self.owner, self)
         self.waiting_since = time.monotonic()  # since when this connection waits for the client
         self.owner.admit(self)
 
@@ -208,6 +229,13 @@ class _Channel(HTTPChannel):
 
     def close_now(self):
         HTTPChannel.handle_close(self)
+
+    def received(self, data):
+        if (not self.served and self.request is None and data[:1] == TLS_RECORD_TYPE_HANDSHAKE
+                and self.owner.tls is None):
+            self.answer_and_close(400, "this port speaks plain HTTP, not TLS: use http://", linger=True)
+            return False
+        return super().received(data)
 
     def counts_as_client(self) -> bool:
         return not (self.peer or self.closing())
@@ -271,12 +299,114 @@ class _Channel(HTTPChannel):
             self.waiting_since = time.monotonic()
 
 
+class _TLSChannel(_Channel):
+    """A connection to the TLS port: plain HTTP or a TLS handshake first, then HTTP over TLS."""
+    certified = False
+    handshaking = True
+    wants_write = False  # the handshake waits until the socket is writable
+
+    def __init__(self, server: "_Listener", sock, addr, adj, map=None):
+        super().__init__(server, sock, addr, adj, map)
+        self.certified = not self.owner.tls.verifies_peers
+
+    def readable(self):
+        return self.handshaking or super().readable()
+
+    def writable(self):
+        return self.wants_write or super().writable()
+
+    def handle_read(self):
+        if self.handshaking:
+            return self.handshake()
+        if self.lingering_until is not None:
+            return super().handle_read()
+        while True:
+            try:
+                data = self.socket.recv(self.adj.recv_bytes)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return  # a partial record, or a record without data
+            except OSError as exc:  # ssl.SSLError included
+                log.debug("TLS connection from %s failed: %s", self.addr, exc)
+                self.close_now()
+                return
+            if not data:
+                self.handle_close()
+                return
+            self.last_activity = time.time()
+            self.received(data)
+            # Decrypted bytes OpenSSL holds back (a record is up to 16 KiB) never wake poll():
+            # hand them on now. received() queues requests beyond the first, as for pipelining.
+            if not (self.connected and self.socket.pending()):
+                return
+
+    def handle_write(self):
+        if self.handshaking and not self.closing():
+            return self.handshake()
+        super().handle_write()
+
+    def evict(self):
+        if self.handshaking:
+            self.will_close = True  # nothing can be answered before the handshake
+        else:
+            super().evict()
+
+    def handshake(self):
+        if not isinstance(self.socket, ssl.SSLSocket):
+            try:
+                first = self.socket.recv(1, socket.MSG_PEEK)
+            except BlockingIOError:
+                return
+            except OSError:
+                first = b""
+            if not first:
+                self.close_now()
+                return
+            if first != TLS_RECORD_TYPE_HANDSHAKE:
+                self.handshaking = False  # the answer goes out in plain text
+                self.answer_and_close(400, "this port speaks HTTPS, not plain HTTP: use https://", linger=True)
+                return
+            self.socket = self.owner.tls.server_context.wrap_socket(
+                self.socket, server_side=True, do_handshake_on_connect=False)
+        try:
+            self.socket.do_handshake()
+        except ssl.SSLWantReadError:
+            self.wants_write = False
+            return
+        except ssl.SSLWantWriteError:
+            self.wants_write = True
+            return
+        except OSError as exc:  # ssl.SSLError included: a refused certificate, not TLS at all...
+            self.owner.log_limited(f"TLS handshake with {self.addr[0]} failed: {exc}")
+            self.close_now()
+            return
+        self.handshaking = self.wants_write = False
+        if not self.certified:
+            self.certified = bool(self.socket.getpeercert())  # the CA verified it in the handshake
+
+    def send(self, data, do_close=True):
+        try:
+            return super().send(data, do_close)
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return 0
+        except ssl.SSLError as exc:
+            log.debug("TLS connection from %s failed: %s", self.addr, exc)
+            self.will_close = True
+            return 0
+
+    def _flush_some(self, do_close=True):
+        if threading.get_ident() != self.owner.io_thread:
+            return False  # a worker's output: the I/O thread sends it (service() wakes it)
+        return super()._flush_some(do_close)
+
+
 class _Listener(TcpWSGIServer):
     """One listening socket of an HTTPServer (a host name may resolve to several addresses)."""
     channel_class = _Channel
 
     def __init__(self, owner: "HTTPServer", app, map, adj, sockinfo):
         self.owner = owner
+        if owner.tls is not None:
+            self.channel_class = _TLSChannel
         super().__init__(app, map=map, dispatcher=owner.client_pool, adj=adj, sockinfo=sockinfo)
 
     def add_task(self, channel):
@@ -318,22 +448,25 @@ class HTTPServer:
     header dict: "X-Cluster-Secret" is "X_CLUSTER_SECRET") count as node-to-node; the others are
     client traffic, with the client cap, so an unauthenticated body is never read past 1 MiB and
     never queues in front of a peer. `on_stop` runs on the I/O thread when stopping begins (wake
-    long-lived responses there)."""
+    long-lived responses there). With `tls` the server speaks only HTTPS."""
 
     def __init__(self, app, host: str, port: int, peer_routes: Mapping[str, int], limits: Limits = Limits(),
                  peer_auth: Callable[[dict], bool] | None = None, on_stop: Callable[[], None] | None = None,
-                 ident: str = "pickledb-cluster"):
+                 ident: str = "pickledb-cluster", tls: "NodeTLS | None" = None):
         self.limits = limits
+        self.tls = tls
+        self.io_thread: int | None = None  # the thread in serve_forever
         self.peer_routes = dict(peer_routes)
         self.peer_auth = peer_auth
         self.on_stop = on_stop
         self.stopping = False
         self.draining = False
         self.closed = False
-        self.last_overflow_log = -OVERFLOW_LOG_SECONDS
+        self.last_overflow_log = self.last_tls_log = -OVERFLOW_LOG_SECONDS
         largest_body = max([limits.client_body, *self.peer_routes.values()])
         # Raises ValueError for a host or port waitress cannot resolve.
         adj = Adjustments(host=host, port=port, ident=ident, threads=limits.client_threads,
+                          url_scheme="https" if tls is not None else "http",
                           connection_limit=limits.client_connections + PEER_CONNECTION_RESERVE,
                           cleanup_interval=1,  # how often deadlines are checked
                           max_request_header_size=limits.max_head, max_request_body_size=largest_body + 1,
@@ -377,9 +510,16 @@ class HTTPServer:
             log.warning("%d client connections open (the limit): closing the ones that wait longest "
                         "for a request", limit)
 
+    def log_limited(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self.last_tls_log > OVERFLOW_LOG_SECONDS:
+            self.last_tls_log = now
+            log.warning("%s", message)
+
     # ------------------------------------------------------------------ running
     def serve_forever(self) -> None:
         """Runs the I/O loop until stop(), then drains and closes."""
+        self.io_thread = threading.get_ident()
         try:
             while not self.stopping:
                 wasyncore.poll2(self.adj.asyncore_loop_timeout, self.map)

@@ -15,6 +15,8 @@ import threading
 import unicodedata
 from urllib.parse import urlsplit
 
+import auth
+import tls
 from http_server import HTTPServer, Limits
 
 DEFAULT_PORTS = (4000, 4001, 4002)
@@ -23,7 +25,6 @@ SERVER_THREADS = LIMITS.client_threads
 CONNECTION_LIMIT = LIMITS.client_connections
 SNAPSHOT_PATH = "/raft/snapshot"
 NODE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-UNSPECIFIED = ("0.0.0.0", "::", "")
 
 
 def is_loopback(host: str) -> bool:
@@ -47,10 +48,12 @@ def parse_args(argv, default_port: int):
                    help="this node's stable id, [A-Za-z0-9._:-]{1,64} (default: HOST:PORT of its URL)")
     p.add_argument("--advertise-url", default=None,
                    help="the URL other nodes and clients reach this node at (default http://HOST:PORT); "
-                        "needed when listening on 0.0.0.0")
+                        "give it when listening on 0.0.0.0")
     p.add_argument("--join", default=None,
                    help="comma-separated URLs of members of an existing cluster: an empty node asks them "
                         "to add it (as a voter once caught up); --peers is then ignored")
+    p.add_argument("--learner", action="store_true",
+                   help="with --join: stay a learner (receives the log, never votes) instead of becoming a voter")
     p.add_argument("--data-dir", default=None, help="data directory (default data/node_<port>)")
     p.add_argument("--heartbeat-interval", type=float, default=2.0, help="seconds between leader heartbeats (default 2)")
     p.add_argument("--election-timeout", type=float, default=5.0,
@@ -58,7 +61,12 @@ def parse_args(argv, default_port: int):
     p.add_argument("--cluster-secret", default=os.environ.get("PICKLEDB_CLUSTER_SECRET") or None,
                    help="shared secret for node-to-node requests (default: $PICKLEDB_CLUSTER_SECRET; "
                         "an empty variable counts as unset)")
+    auth.add_arguments(p)
+    tls.add_arguments(p)
     args = p.parse_args(argv)
+    for problem in tls.validate(args):
+        p.error(problem)
+    scheme = tls.scheme(args)
     if not 0 < args.port < 65536:
         p.error("--port must be between 1 and 65535")
     if not all(math.isfinite(t) and t > 0 for t in (args.heartbeat_interval, args.election_timeout)):
@@ -67,11 +75,9 @@ def parse_args(argv, default_port: int):
         p.error("--election-timeout must be at least twice --heartbeat-interval")
     if args.advertise_url is not None:
         args.advertise_url = args.advertise_url.strip().rstrip("/")
-        if not valid_peer_url(args.advertise_url):
-            p.error(f"--advertise-url {args.advertise_url!r} must look like http://HOST:PORT")
-    elif args.host in UNSPECIFIED:
-        p.error(f"--advertise-url is required when listening on {args.host!r} (all addresses)")
-    own_url = args.advertise_url or f"http://{args.host}:{args.port}"
+        if not valid_peer_url(args.advertise_url, scheme):
+            p.error(f"--advertise-url {args.advertise_url!r} must look like {scheme}://HOST:PORT")
+    own_url = args.advertise_url or f"{scheme}://{args.host}:{args.port}"
     if args.node_id is not None and not NODE_ID.fullmatch(args.node_id):
         p.error("--node-id must be 1-64 characters of A-Z a-z 0-9 . _ : -")
     own_id = args.node_id or urlsplit(own_url).netloc
@@ -81,13 +87,15 @@ def parse_args(argv, default_port: int):
         if not args.join_list:
             p.error("--join needs at least one member URL")
         for url in args.join_list:
-            if not valid_peer_url(url):
-                p.error(f"--join URL {url!r} must look like http://HOST:PORT")
+            if not valid_peer_url(url, scheme):
+                p.error(f"--join URL {url!r} must look like {scheme}://HOST:PORT")
         args.peers = args.peers or ""
+    if args.learner and not args.join_list:
+        p.error("--learner needs --join")
     if args.peers is None:
         if args.port not in DEFAULT_PORTS:
             p.error(f"--peers is required when --port is not one of {DEFAULT_PORTS}")
-        args.peers = ",".join(f"http://{args.host}:{q}" for q in DEFAULT_PORTS if q != args.port)
+        args.peers = ",".join(f"{scheme}://{args.host}:{q}" for q in DEFAULT_PORTS if q != args.port)
     args.peer_list, args.peer_ids = [], []
     for item in (i.strip() for i in args.peers.split(",")):
         if not item:
@@ -96,8 +104,8 @@ def parse_args(argv, default_port: int):
         if not sep:
             peer_id, url = "", item
         url = url.strip().rstrip("/")
-        if not valid_peer_url(url):
-            p.error(f"peer URL {url!r} must look like http://HOST:PORT (port 1-65535, nothing after it)")
+        if not valid_peer_url(url, scheme):
+            p.error(f"peer URL {url!r} must look like {scheme}://HOST:PORT (port 1-65535, nothing after it)")
         peer_id = peer_id.strip() or urlsplit(url).netloc
         if not NODE_ID.fullmatch(peer_id):
             p.error(f"peer id {peer_id!r} must be 1-64 characters of A-Z a-z 0-9 . _ : -")
@@ -107,7 +115,7 @@ def parse_args(argv, default_port: int):
         p.error("--peers lists a URL twice")
     if len(set(args.peer_ids)) != len(args.peer_ids):
         p.error("--peers lists an id twice")
-    if own_url in args.peer_list or f"http://{args.host}:{args.port}" in args.peer_list:
+    if own_url in args.peer_list or f"{scheme}://{args.host}:{args.port}" in args.peer_list:
         p.error(f"--peers must list the other nodes, not this one ({own_url})")
     if own_id in args.peer_ids:
         p.error(f"--peers must list the other nodes, not this one (id {own_id})")
@@ -120,14 +128,14 @@ def parse_args(argv, default_port: int):
     return args
 
 
-def valid_peer_url(url: str) -> bool:
+def valid_peer_url(url: str, scheme: str = "http") -> bool:
     parts = urlsplit(url)
     try:
         port = parts.port
     except ValueError:  # not a number, or out of range
         return False
-    # A node's identity is exactly http://HOST:PORT: anything after it would never match.
-    return (parts.scheme == "http" and bool(parts.hostname) and port is not None and 0 < port
+    # A node's URL is exactly SCHEME://HOST:PORT (https with --tls-cert): anything after it would never match.
+    return (parts.scheme == scheme and bool(parts.hostname) and port is not None and 0 < port
             and not (parts.path or parts.query or parts.fragment or parts.username or parts.password)
             and "#" not in url and "?" not in url)  # an empty query or fragment too
 
@@ -188,15 +196,24 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
     snapshot_every = os.environ.get("PICKLEDB_SNAPSHOT_EVERY", "10000")
     if not (snapshot_every.isdigit() and int(snapshot_every) > 0):
         return fail(f"PICKLEDB_SNAPSHOT_EVERY must be a positive integer, not {snapshot_every!r}")
+    try:
+        authenticator = auth.authenticator_from_args(args, loopback=is_loopback(args.host))
+    except auth.AuthFileError as exc:
+        return fail(str(exc))
+    try:
+        node_tls = tls.load(args)
+    except tls.TLSError as exc:
+        return fail(str(exc))
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{args.port}] %(levelname)s %(name)s: %(message)s")
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     config = NodeConfig(
         host=args.host, port=args.port, peers=args.peer_list, peer_ids=args.peer_ids,
         node_id=args.node_id, advertise_url=args.advertise_url, join=args.join_list,
+        join_as_learner=args.learner,
         data_dir=args.data_dir or os.path.join("data", f"node_{args.port}"),
         heartbeat_interval=args.heartbeat_interval, election_timeout=args.election_timeout,
         first_election_timeout=(args.election_timeout * first_election_factor if first_election_factor else None),
-        cluster_secret=args.cluster_secret,
+        cluster_secret=args.cluster_secret, tls=node_tls,
         snapshot_every=int(snapshot_every))
     try:
         node = Node(config)
@@ -205,9 +222,10 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
     except OSError as exc:  # read-only, not a directory, disk full...
         return fail(f"cannot use data directory {config.data_dir}: {describe(exc)}")
     try:
-        server = HTTPServer(create_app(node), args.host, args.port, peer_routes(),
+        server = HTTPServer(create_app(node, authenticator=authenticator), args.host, args.port, peer_routes(),
                             limits=dataclasses.replace(LIMITS, client_body=MAX_BODY),
-                            peer_auth=peer_auth(args.cluster_secret), on_stop=node.begin_shutdown)
+                            peer_auth=peer_auth(args.cluster_secret), on_stop=node.begin_shutdown,
+                            tls=node_tls)
     except (OSError, ValueError) as exc:  # in use, not an address of this machine
         node.storage.close()
         reason = describe(exc) if isinstance(exc, OSError) else str(exc)
@@ -222,6 +240,12 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, shut_down)
     signal.signal(signal.SIGINT, shut_down)
+    def reload(signum, frame):  # the token file and the certificate
+        if authenticator is not None:
+            authenticator.reload()
+        if node_tls is not None:
+            node_tls.reload_logged()
+    signal.signal(signal.SIGHUP, reload)
     node.start()
     logging.getLogger("pickledb_cluster.node").info(
         "node %s serving at %s (listening on %s:%d; data: %s)", node.id, node.url, args.host, args.port, config.data_dir)

@@ -11,6 +11,10 @@ Rules the runtime must follow (they make the safety arguments below hold):
      while the leader writes (Raft §10.2.1).
   2. Apply `ready.committed` in order, and a received `ready.snapshot` before them.
   3. Call `advance(ready)` after persisting; only then does the leader count its own copy.
+  4. Route `ready.messages` by the member list in `ready.members` when it is set (a new member
+     gets messages in the same Ready that adds it); persist `ready.bootstrap_members` before
+     sending (see Ready); store `config_at(index)` in the meta of a snapshot taken at `index`
+     and put it in the "members" of an InstallSnapshot sending that snapshot.
 
 Log indexes start at 1. `snap_index`/`snap_term` describe the last entry folded into the
 latest durable snapshot; the in-memory log holds the entries after it.
@@ -18,7 +22,8 @@ latest durable snapshot; the in-memory log holds the entries after it.
 Membership (Raft thesis ch. 4, single-server changes): the configuration is data in the log,
 `{"op": "config", "members": [{"id", "url", "role": "voter"|"learner"}, ...]}`, and takes effect
 as soon as it is in a node's log, committed or not; a snapshot carries the configuration at its
-index. Only voters vote, campaign and count in a quorum; learners just receive the log.
+index. Only voters campaign and count in a quorum (commit, read index, check-quorum); learners
+just receive the log. The state machine skips config entries, like the leader's no-op.
 """
 from __future__ import annotations
 
@@ -99,8 +104,8 @@ def normalize_members(members: list[dict]) -> list[dict]:
 
 
 class ConfigHistory:
-    """The configurations a node's log holds: the one at the snapshot, then one per config entry
-    after it (etcd keeps the like in its tracker). The newest is the one in effect."""
+    """The configurations a node's log holds: the one at the snapshot (or the bootstrap one),
+    then one per config entry after it. The newest is the one in effect."""
 
     def __init__(self, snap_index: int, members: list[dict]):
         self.changes: list[tuple[int, list[dict]]] = [(snap_index, members)]
@@ -154,10 +159,14 @@ class Ready:
     reads: list[tuple[Any, int]] = field(default_factory=list)  # (read_id, index) confirmed
     failed_reads: list[Any] = field(default_factory=list)
     members: list[dict] | None = None  # the configuration in effect, when it changed
+    # The configuration at index 0 (in no log entry), when learned from the leader: persist it
+    # before sending the messages, and pass it as `members` at restart while there is no snapshot.
+    bootstrap_members: list[dict] | None = None
 
     def empty(self) -> bool:
         return not (self.hard_state or self.snapshot or self.entries or self.messages
-                    or self.committed or self.reads or self.failed_reads or self.members is not None)
+                    or self.committed or self.reads or self.failed_reads or self.members is not None
+                    or self.bootstrap_members is not None)
 
 
 class RaftCore:
@@ -202,14 +211,15 @@ class RaftCore:
         for index, (_, command, _) in enumerate(self.log, snap_index + 1):
             if is_config(command):
                 self.config.appended(index, normalize_members(command["members"]))
+        # Derived from the configuration in effect by _use_config; read-only for the runtime.
         self.members: list[dict] = []
         self.voters: set[str] = set()
         self.learners: set[str] = set()
         self.peers: list[str] = []  # every member but us
-        self.config_index = 0  # index of the configuration in effect (the snapshot's: snap_index)
-        self._members_changed = False
+        self.config_index = 0  # index of the configuration in effect (snap_index: the snapshot's)
         self._use_config()
         self._members_changed = False  # the runtime built us with these
+        self._bootstrap_out: list[dict] | None = None  # learned from the leader, for the next Ready
 
         self._hs_dirty = False
         self._unstable_from: int | None = None
@@ -259,12 +269,11 @@ class RaftCore:
     def quorum(self) -> int:
         return len(self.voters) // 2 + 1
 
-    def _quorum_agrees(self, agrees: Callable[[Progress], bool], self_agrees: bool = True) -> bool:
-        """Whether a majority of the voters agree: each voter peer as `agrees` says of its progress,
-        and we ourselves as `self_agrees` says if we are a voter (a leader being removed is not)."""
+    def _quorum_agrees(self, agrees: Callable[[Progress], bool]) -> bool:
+        """Whether a majority of the voters agree: the leader itself if it is a voter (one being
+        removed is not), and each voter peer whose progress `agrees`."""
         count = sum(1 for v in self.voters if v != self.id and agrees(self.progress[v]))
-        count += self.id in self.voters and self_agrees
-        return count >= self.quorum()
+        return count + (self.id in self.voters) >= self.quorum()
 
     # ----------------------------------------------------------------- configuration
     def config_at(self, index: int) -> list[dict]:
@@ -342,21 +351,35 @@ class RaftCore:
                               "last_index": self.last_index(), "last_term": self.last_term(),
                               "rid": self._next_rid()})
 
+    def _up_to_date(self, vote_req: dict) -> bool:
+        """The candidate's log is at least as up to date as ours (Raft §5.4.1)."""
+        return (vote_req["last_term"], vote_req["last_index"]) >= (self.last_term(), self.last_index())
+
+    def _may_campaign(self) -> bool:
+        """Voters campaign. So does a voter of the previous configuration while a newer one that
+        drops it is not known to be committed: it may be the only node holding that newer entry
+        (a leader removing itself, cut off before the commit), and then none could win without
+        it; as leader it commits the change and steps down (the thesis lets any node campaign)."""
+        if self.id in self.voters:
+            return True
+        previous = self.config.at(self.config_index - 1) if self.config_index > self.commit_index else []
+        return any(m["id"] == self.id and m["role"] == VOTER for m in previous)
+
     def _leader_alive(self) -> bool:
         return self.role == LEADER or (
             self.leader_id is not None and self.now - self.leader_contact < self.election_timeout)
 
     def _on_prevote_req(self, msg: dict) -> None:
-        up_to_date = (msg["last_term"], msg["last_index"]) >= (self.last_term(), self.last_index())
-        grant = msg["term"] > self.term and up_to_date and not self._leader_alive()
+        grant = msg["term"] > self.term and self._up_to_date(msg) and not self._leader_alive()
         self._reply(msg, {"type": VOTE_RESP, "pre": True, "granted": grant,
                           "term": msg["term"] if grant else self.term})
 
     def _on_prevote_resp(self, msg: dict) -> None:
         if msg["granted"]:
-            if self.prevoting and self.role != LEADER and msg["term"] == self.term + 1 and msg["from"] in self.voters:
+            if (self.prevoting and self.role != LEADER and msg["term"] == self.term + 1
+                    and msg["from"] in self.voters):
                 self.pre_votes.add(msg["from"])
-                if len(self.pre_votes) >= self.quorum():
+                if len(self.pre_votes & self.voters) >= self.quorum():
                     self._start_election()
         elif msg["term"] > self.term:
             self._become_follower(msg["term"], None, reset_timer=False)
@@ -372,7 +395,7 @@ class RaftCore:
         self._hs_dirty = True
         self.votes = {self.id}
         self.election_deadline = self.now + self._random_timeout()
-        if len(self.votes) >= self.quorum():
+        if len(self.votes & self.voters) >= self.quorum():
             self._become_leader()
             return
         for peer in sorted(self.voters - {self.id}):
@@ -415,7 +438,7 @@ class RaftCore:
                 self.next_heartbeat = now + self.heartbeat_interval
                 self._broadcast(heartbeat=True)
         elif now >= self.election_deadline:
-            if self.id not in self.voters:  # a learner, or removed: never campaigns
+            if not self._may_campaign():  # a learner, or removed
                 self.election_deadline = now + self._random_timeout()
             elif self.quorum() > 1:
                 self._start_prevote()
@@ -497,9 +520,11 @@ class RaftCore:
         if sender is None or sender == self.id:
             return
         if mtype == VOTE_REQ:
-            if sender not in self.voters:
-                return  # a removed node, or one we do not know as a voter yet: it must not disrupt us
-            if msg["term"] > self.term and not msg.get("transfer") and not msg.get("pre") and self._leader_alive():
+            if sender not in self.voters and not self._up_to_date(msg):
+                # A removed node (its log lacks its committed removal, so it is behind ours): it
+                # must not disrupt us. A voter we do not know yet because we are behind is heard.
+                return
+            if msg["term"] > self.term and not (msg.get("transfer") or msg.get("pre")) and self._leader_alive():
                 return  # leader stickiness (thesis 4.2.3), unless the leader itself asked for this election
         # Requests from a leader are accepted from anyone (a joining node knows no members yet);
         # replies count only where the sender has a role (a progress record, a vote as a voter).
@@ -568,8 +593,9 @@ class RaftCore:
                             enumerate(self.log[first - self.snap_index - 1:upto - self.snap_index], first)]
         rd.reads, self._reads_done = self._reads_done, []
         rd.failed_reads, self._reads_failed = self._reads_failed, []
-        if self._members_changed:  # for the runtime to route messages to new members
-            rd.members, self._members_changed = self.config_at(self.last_index()), False
+        if self._members_changed:
+            rd.members, self._members_changed = [dict(m) for m in self.members], False
+        rd.bootstrap_members, self._bootstrap_out = self._bootstrap_out, None
         return rd
 
     def advance(self, rd: Ready) -> None:
@@ -606,8 +632,7 @@ class RaftCore:
         self._send(req["from"], msg)
 
     def _on_vote_req(self, msg: dict) -> None:
-        up_to_date = (msg["last_term"], msg["last_index"]) >= (self.last_term(), self.last_index())
-        grant = (msg["term"] == self.term and self.voted_for in (None, msg["from"]) and up_to_date)
+        grant = msg["term"] == self.term and self.voted_for in (None, msg["from"]) and self._up_to_date(msg)
         if grant:
             if self.voted_for != msg["from"]:
                 self.voted_for = msg["from"]
@@ -615,11 +640,22 @@ class RaftCore:
             self.election_deadline = self.now + self._random_timeout()
         self._reply(msg, {"type": VOTE_RESP, "granted": grant})
 
+    def _adopt_bootstrap_members(self, members: list[dict]) -> None:
+        """Take the leader's configuration at index 0 (a joining node knows none; a node started
+        with a differing bootstrap list is corrected)."""
+        if members == self.config.changes[0][1]:
+            return
+        self.config.changes[0] = (0, members)
+        self._bootstrap_out = members
+        if len(self.config.changes) == 1:
+            self._use_config()
+
     def _on_vote_resp(self, msg: dict) -> None:
-        if self.role != CANDIDATE or msg["term"] != self.term or not msg["granted"] or msg["from"] not in self.voters:
+        if (self.role != CANDIDATE or msg["term"] != self.term or not msg["granted"]
+                or msg["from"] not in self.voters):
             return
         self.votes.add(msg["from"])
-        if len(self.votes) >= self.quorum():
+        if len(self.votes & self.voters) >= self.quorum():
             self._become_leader()
 
     def _on_append_req(self, msg: dict) -> None:
@@ -655,6 +691,8 @@ class RaftCore:
             self._reply(msg, {"type": APPEND_RESP, "success": False, "hint": hint, "match": 0,
                               "seq": msg.get("seq", 0)})
             return
+        if msg["prev_index"] == 0 and self.snap_index == 0:
+            self._adopt_bootstrap_members(normalize_members(msg["members"]))
         index = prev_index
         for term, command in entries:
             index += 1
@@ -749,9 +787,12 @@ class RaftCore:
                               "rid": self._next_rid()})
             return
         prev = nxt - 1
-        self._send(peer, {"type": APPEND_REQ, "prev_index": prev, "prev_term": self.term_at(prev),
-                          "entries": self._batch(nxt), "commit": self.commit_index, "seq": self.seq,
-                          "rid": self._next_rid()})
+        msg = {"type": APPEND_REQ, "prev_index": prev, "prev_term": self.term_at(prev),
+               "entries": self._batch(nxt), "commit": self.commit_index, "seq": self.seq,
+               "rid": self._next_rid()}
+        if prev == 0:  # the bootstrap configuration is in no entry: a joining node learns it here
+            msg["members"] = self.config_at(0)
+        self._send(peer, msg)
 
     def _batch(self, first: int) -> list[list]:
         """Entries from `first` on, as [term, command], within MAX_BATCH and MAX_APPEND_BYTES."""

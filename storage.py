@@ -36,7 +36,6 @@ Every file operation goes through a FileSystem, so tests can substitute one that
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import logging

@@ -42,9 +42,12 @@ def wait_for(predicate, timeout: float, message: str = "condition", interval: fl
 
 
 class NodeProc:
-    def __init__(self, cluster: "Cluster", index: int, port: int):
+    def __init__(self, cluster: "Cluster", index: int, port: int, join: list[str] | None = None):
         self.cluster, self.index, self.port = cluster, index, port
         self.url = f"http://127.0.0.1:{port}"
+        self.id = f"127.0.0.1:{port}"  # the default node id
+        self.join = join  # member URLs to join through, instead of --peers
+        self.extra_args: list[str] = []
         self.data_dir = os.path.join(cluster.root, f"node_{port}")
         self.log_path = os.path.join(cluster.root, f"node_{port}.log")
         self.proc: subprocess.Popen | None = None
@@ -56,12 +59,13 @@ class NodeProc:
 
     def command(self) -> list[str]:
         c = self.cluster
+        where = ["--join", ",".join(self.join)] if self.join else ["--peers", ",".join(self.peers)]
         cmd = [sys.executable, NODE_SCRIPT, "--port", str(self.port), "--host", "127.0.0.1",
-               "--peers", ",".join(self.peers), "--data-dir", self.data_dir,
+               *where, "--data-dir", self.data_dir,
                "--heartbeat-interval", str(c.heartbeat), "--election-timeout", str(c.election)]
         if c.secret:
             cmd += ["--cluster-secret", c.secret]
-        return cmd
+        return cmd + self.extra_args
 
     def environment(self) -> dict:
         env = dict(os.environ)
@@ -143,6 +147,14 @@ class Cluster:
     @property
     def urls(self) -> list[str]:
         return [n.url for n in self.nodes]
+
+    def add(self, port: int | None = None, join: list[str] | None = None, start: bool = True) -> NodeProc:
+        """A new node started empty with --join (default: through every current node)."""
+        node = NodeProc(self, len(self.nodes), port or free_ports(1)[0], join=join or self.urls)
+        self.nodes.append(node)
+        if start:
+            node.start()
+        return node
 
     def node(self, i: int) -> NodeProc:
         return self.nodes[i]

@@ -22,7 +22,7 @@ def api_client(node, **options) -> NodeClient:
     app = create_app(node, **options)
     app.test_client_class = NodeClient
     client = app.test_client()
-    client.node_url = node.id
+    client.node_url = node.url
     return client
 
 
@@ -172,7 +172,7 @@ def test_cluster_views(client, node):
         assert view["role"] == "leader" and view["term"] >= 1 and view["leader"] == node.id
     status = client.get("/cluster/status").get_json()
     assert status["is_leader"] and status["commit_index"] >= 1 and "applied_index" in status
-    assert [n["url"] for n in status["nodes"]] == [node.id]
+    assert [n["url"] for n in status["nodes"]] == [node.url]
     assert status["nodes"][0]["reachable"] and status["nodes"][0]["lag"] == 0
 
 
@@ -189,7 +189,7 @@ def test_events_stream_announces_applied_changes(client):
     chunks = r.response
     assert next(chunks).startswith(b"retry:")
     first = next(chunks)
-    assert first.startswith(b"event: applied")
+    assert first.startswith(b"id: 1\nevent: applied\n")  # the leader's first entry, its no-op
     r.close()
 
 
@@ -231,7 +231,7 @@ def test_internal_endpoints_validate_messages(client):
 def test_unknown_sender_gets_no_vote(client, node):
     msg = {"type": "vote_req", "from": "http://127.0.0.1:1", "to": node.id, "term": 99, "last_index": 99,
            "last_term": 99, "rid": 1}
-    assert_error(client.post("/raft/vote", json=msg, headers=PEER), 400)
+    assert_error(client.post("/raft/vote", json=msg, headers={**PEER, "X-PickleDB-Cluster": node.cluster_id}), 400)
     assert node.status()["term"] < 99
 
 

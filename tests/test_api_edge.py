@@ -3,7 +3,6 @@ content types, what a value may hold, every key readable, bounded list pages, st
 JSON for every error werkzeug raises."""
 import json
 import threading
-from types import SimpleNamespace
 from urllib.parse import quote
 
 import orjson
@@ -55,17 +54,18 @@ def test_only_the_configured_host_names_are_answered(client, node):
 
 
 def test_hosts_and_origins_come_from_the_node_its_peers_and_extra_names():
-    node = SimpleNamespace(id="http://10.0.0.1:4000",
-                           config=SimpleNamespace(peers=["http://10.0.0.2:4001", "http://localhost:4002",
-                                                         "http://peer.example"]))
-    hosts, origins = served_names(node, extra_hosts=["Tasks.Example", "proxy.example:8443", "[fd00::1]"])
+    members = ["http://10.0.0.1:4000", "http://10.0.0.2:4001", "http://localhost:4002", "http://peer.example"]
+    hosts, origins = served_names("http://10.0.0.1:4000", members,
+                                  extra_hosts=["Tasks.Example", "proxy.example:8443", "[fd00::1]"])
     assert hosts == {"127.0.0.1:4000", "localhost:4000", "[::1]:4000", "10.0.0.1:4000", "10.0.0.2:4000",
                      "peer.example:4000", "tasks.example:4000", "proxy.example:8443", "[fd00::1]:4000"}
     assert origins == {f"http://{h}" for h in hosts} | {
         "http://10.0.0.2:4001", "http://localhost:4002", "http://127.0.0.1:4002", "http://[::1]:4002",
         "http://peer.example"}
-    default = SimpleNamespace(id="http://127.0.0.1:80", config=SimpleNamespace(peers=[]))
-    assert served_names(default)[0] == {"127.0.0.1", "localhost", "[::1]"}
+    assert served_names("http://127.0.0.1:80", [])[0] == {"127.0.0.1", "localhost", "[::1]"}
+    hosts, origins = served_names("https://node.example", ["https://node.example", "https://10.0.0.2:8443"])
+    assert {"node.example", "10.0.0.2"} <= hosts  # this node's port, the default one for https
+    assert {"https://node.example", "https://10.0.0.2:8443"} <= origins and "http://node.example" not in origins
 
 
 def test_extra_host_names_are_answered(node):
@@ -269,7 +269,7 @@ def test_only_a_few_lists_are_built_at_once(node):
 
     def list_in_thread():
         other = app_client.application.test_client()  # same app, so the same slots
-        other.node_url = node.id
+        other.node_url = node.url
         results.append(other.get("/tasks?consistency=stale"))
     threads = [threading.Thread(target=list_in_thread) for _ in range(LIST_SLOTS)]
     try:

@@ -83,7 +83,7 @@ def test_concurrent_full_lists_are_bounded_and_keep_the_leader(tmp_path):
 
         for n in c.nodes:
             view = n.status()
-            assert n.alive and view["term"] == term and view["leader"] == leader.url, (n.url, view)
+            assert n.alive and view["term"] == term and view["leader_url"] == leader.url, (n.url, view)
         growth = max(peak) - baseline
         assert growth < RSS_GROWTH_BOUND, f"leader RSS grew by {growth / 2**20:.0f} MiB"
         served = [a for a in answers if a[0] == 200]

@@ -39,8 +39,19 @@ def assert_startup_error(result: subprocess.CompletedProcess, fragment: str) -> 
     (["--peers", "http://127.0.0.1:4000,http://127.0.0.1:4000"], "lists a URL twice"),
     (["--port", "4001", "--peers", "http://127.0.0.1:4000,http://127.0.0.1:4001"], "not this one"),
     (["--heartbeat-interval", "nan"], "must be positive numbers"),
+    (["--node-id", "has space"], "--node-id must be 1-64 characters"),
+    (["--node-id", "x" * 65], "--node-id must be 1-64 characters"),
+    (["--peers", "a b=http://127.0.0.1:4000"], "peer id 'a b' must be"),
+    (["--peers", "a=http://127.0.0.1:4000,a=http://127.0.0.1:4002"], "lists an id twice"),
+    (["--port", "4001", "--node-id", "me", "--peers", "me=http://127.0.0.1:4000"], "not this one (id me)"),
+    (["--advertise-url", "http://example.com:80/x"], "--advertise-url 'http://example.com:80/x' must look like"),
+    (["--join", "nonsense"], "--join URL 'nonsense' must look like"),
+    (["--join", ","], "--join needs at least one member URL"),
+    (["--learner"], "--learner needs --join"),
 ], ids=["port-70000", "port-0", "peer-scheme", "peer-port-range", "peer-no-port", "peer-no-host",
-        "peer-path", "peer-twice", "peer-self", "nan-timing"])
+        "peer-path", "peer-twice", "peer-self", "nan-timing", "node-id-space", "node-id-long", "peer-id-bad",
+        "peer-id-twice", "peer-id-self", "advertise-path", "join-bad", "join-empty",
+        "learner-alone"])
 def test_invalid_arguments_end_in_one_error_line(args, fragment):
     assert_startup_error(run_node(*args), fragment)
 
@@ -85,7 +96,7 @@ def test_port_in_use(tmp_path):
 
 
 def test_an_address_of_another_machine(tmp_path):
-    result = run_node(*node_args(tmp_path), "--host", "192.0.2.1", "--cluster-secret", "s")
+    result = run_node(*node_args(tmp_path), "--host", "192.0.2.1", "--cluster-secret", "s", "--insecure")
     assert_startup_error(result, "cannot listen on 192.0.2.1:")
 
 

@@ -41,7 +41,7 @@ def test_failover_keeps_every_acknowledged_task_and_old_leader_catches_up(cluste
     acked |= {create(new_leader, f"after-{i}")["title"] for i in range(10)}
     # The old leader rejoins as a follower and catches up from the log.
     leader.start()
-    wait_for(lambda: (lambda v: v and v["role"] == "follower" and v["leader"] == new_leader)(leader.status()),
+    wait_for(lambda: (lambda v: v and v["role"] == "follower" and v["leader_url"] == new_leader)(leader.status()),
              10, "old leader to rejoin as a follower of the new leader")
     cluster.wait_converged()
     assert acked <= titles(leader.url, stale=True)

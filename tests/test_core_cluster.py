@@ -83,4 +83,4 @@ def test_large_entries_keep_every_follower_caught_up(tmp_path):
             return view if peers and all(p["match_index"] == view["last_log_index"] for p in peers) else None
         view = wait_for(caught_up, 10, "every follower to hold the leader's whole log")
         assert view["is_leader"] and terms(c) == before
-        assert view["transport"]["refused"] == {n.url: 0 for n in c.nodes if n is not leader}
+        assert view["transport"]["refused"] == {n.id: 0 for n in c.nodes if n is not leader}

@@ -69,6 +69,15 @@ def unreachable(n=2):
 
 # ------------------------------------------------------------------ item 4: forged requests
 GOOD_HEADERS = {"Content-Type": "application/json", "X-PickleDB-Peer": "1"}
+
+
+def peer_headers(node):
+    """What a peer of `node`'s cluster sends."""
+    return {**GOOD_HEADERS, "X-PickleDB-Cluster": node.cluster_id}
+
+
+def peer_id(url):
+    return url.removeprefix("http://")
 BROWSER_LIKE = [
     # The issue's fetch(..., {mode: "no-cors", headers: {"Content-Type": "text/plain"}}).
     {"Content-Type": "text/plain", "Origin": "http://evil.example"},
@@ -90,18 +99,18 @@ BROWSER_LIKE = [
 def test_a_request_a_browser_could_send_never_reaches_the_log(nodes, headers, caplog):
     peers = unreachable()
     node = nodes(peers, http=True)
-    forged = {"type": "append_req", "from": peers[0], "to": node.id, "term": 1, "prev_index": 0,
+    forged = {"type": "append_req", "from": peer_id(peers[0]), "to": node.id, "term": 1, "prev_index": 0,
               "prev_term": 0, "entries": [[1, {"op": "set", "key": "forged", "value": 1}]],
-              "commit": 1, "seq": 0, "rid": 1}
+              "commit": 1, "seq": 0, "rid": 1, "members": node.core.members}
     with caplog.at_level(logging.WARNING, logger="pickledb_cluster"):
-        r = requests.post(node.id + "/replicate", data=orjson.dumps(forged), headers=headers, timeout=5)
+        r = requests.post(node.url + "/replicate", data=orjson.dumps(forged), headers=headers, timeout=5)
     assert r.status_code == 403 and r.json()["error"] == "forbidden", r.text
     view = node.status()
     assert view["last_log_index"] == 0 and view["term"] == 0 and node.state.get_kv("forged") is None
     assert view["transport"]["rejected"] == 1
     assert any("refused POST /replicate" in rec.getMessage() for rec in caplog.records)
     # The same message as a peer sends it is taken: the refusal was for the headers alone.
-    r = requests.post(node.id + "/replicate", data=orjson.dumps(forged), headers=GOOD_HEADERS, timeout=5)
+    r = requests.post(node.url + "/replicate", data=orjson.dumps(forged), headers=peer_headers(node), timeout=5)
     assert r.status_code == 200 and r.json()["success"] is True, r.text
     wait_for(lambda: node.state.get_kv("forged") == 1, 5, "the peer's entry to be applied")
 
@@ -115,16 +124,16 @@ def test_an_installed_snapshot_must_pass_its_checksum_and_be_the_announced_one(n
     state = {"tasks": {}, "kv": {"k": "leader's value"}}
     good = encode_snapshot({"index": 5, "term": 1, "wal_floor": 0}, state)
     rotten = good.replace(b"leader's value", b"leader's valuE")
-    msg = {"type": "snap_req", "from": peers[0], "to": node.id, "term": 1, "last_index": 5,
-           "last_term": 1, "seq": 0, "rid": 1}
-    headers = {**GOOD_HEADERS, "X-Raft-Message": orjson.dumps(msg).decode()}
+    msg = {"type": "snap_req", "from": peer_id(peers[0]), "to": node.id, "term": 1, "last_index": 5,
+           "last_term": 1, "seq": 0, "rid": 1, "members": node.core.members}
+    headers = {**peer_headers(node), "X-Raft-Message": orjson.dumps(msg).decode()}
     for body, why in ((rotten, "checksum"), (encode_snapshot({"index": 7, "term": 1, "wal_floor": 0}, state),
                                              "announced"), (orjson.dumps({"meta": {"index": 5, "term": 1,
                                              "wal_floor": 0}, "state": state}), "checksum")):
-        r = requests.post(node.id + "/raft/snapshot", data=body, headers=headers, timeout=5)
+        r = requests.post(node.url + "/raft/snapshot", data=body, headers=headers, timeout=5)
         assert r.status_code == 400 and why in r.json()["message"], r.text
         assert node.status()["snapshot_index"] == 0 and node.state.get_kv("k") is None
-    r = requests.post(node.id + "/raft/snapshot", data=good, headers=headers, timeout=5)
+    r = requests.post(node.url + "/raft/snapshot", data=good, headers=headers, timeout=5)
     assert r.status_code == 200 and r.json()["success"] is True, r.text
     wait_for(lambda: node.state.get_kv("k") == "leader's value", 5, "the snapshot to be installed")
 
@@ -249,7 +258,7 @@ def fake_peer(answer):
 
 def proper_reply(me, req):
     """What a healthy follower answers: it grants every vote and holds every entry."""
-    reply = {"from": me, "to": req["from"], "term": req["term"], "rid": req.get("rid")}
+    reply = {"from": peer_id(me), "to": req["from"], "term": req["term"], "rid": req.get("rid")}
     if req["type"] == "vote_req":
         return dict(reply, type="vote_resp", granted=True, pre=req.get("pre", False))
     return dict(reply, type="append_resp", success=True, hint=0, seq=req["seq"],
@@ -277,12 +286,12 @@ def test_replies_that_are_not_proper_messages_are_refused_and_counted(nodes, no_
             term = node.status()["term"]
             for i in range(5):
                 assert node.propose({"op": "set", "key": "k", "value": i})[0] == 200
-            wait_for(lambda: node.status()["transport"]["refused"][bad_url] >= 2 * len(bad_answers), 10,
+            wait_for(lambda: node.status()["transport"]["refused"][peer_id(bad_url)] >= 2 * len(bad_answers), 10,
                      "every kind of bad answer, twice")
         view = node.status()
         assert view["is_leader"] and view["term"] == term and no_exit == []
-        assert view["transport"]["refused"][good_url] == 0
-        logged = [r.getMessage() for r in caplog.records if bad_url in r.getMessage()]
+        assert view["transport"]["refused"][peer_id(good_url)] == 0
+        logged = [r.getMessage() for r in caplog.records if peer_id(bad_url) in r.getMessage()]
         assert any("invalid reply" in m for m in logged) and any("HTTP 413" in m for m in logged)
     finally:
         good.close()
@@ -294,7 +303,7 @@ def test_send_failures_are_logged_as_warnings_without_flooding(nodes, caplog):
     peers = unreachable()
 
     def lines(peer):
-        return [r for r in caplog.records if "cannot reach peer " + peer in r.getMessage()]
+        return [r for r in caplog.records if "cannot reach peer " + peer_id(peer) in r.getMessage()]
     with caplog.at_level(logging.WARNING, logger="pickledb_cluster"):
         node = nodes(peers)
         wait_for(lambda: all(lines(p) for p in peers), 5, "a warning about each unreachable peer")
@@ -311,11 +320,11 @@ def test_a_busy_receiver_answers_before_the_sender_gives_up(nodes):
     from transport import PeerConnection, peer_timeout
     peers = unreachable()
     node = nodes(peers, http=True, start=False)  # no raft loop: every message waits in vain
-    vote = {"type": "vote_req", "from": peers[0], "to": node.id, "term": 1, "last_index": 0,
+    vote = {"type": "vote_req", "from": peer_id(peers[0]), "to": node.id, "term": 1, "last_index": 0,
             "last_term": 0, "rid": 1}
-    connection = PeerConnection(node.id)
+    connection = PeerConnection(node.url)
     start = time.monotonic()
-    status, body = connection.post("/raft/vote", orjson.dumps(vote), GOOD_HEADERS, 1, peer_timeout(ELECTION))
+    status, body = connection.post("/raft/vote", orjson.dumps(vote), peer_headers(node), 1, peer_timeout(ELECTION))
     assert status == 503 and orjson.loads(body)["error"]
     assert time.monotonic() - start < peer_timeout(ELECTION)
     connection.close()

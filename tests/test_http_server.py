@@ -218,6 +218,16 @@ def test_a_body_slower_than_the_minimum_rate_is_cut_off(serve):
         assert_json_error(read_response(sock), 408, "request_timeout")
 
 
+def test_a_tls_handshake_on_the_plain_port_is_answered_at_once(serve):
+    server, _ = serve()
+    started = time.monotonic()
+    hello = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"  # the start of a ClientHello, no line end
+    doc = assert_json_error(exchange(server.port, hello), 400, "bad_request")
+    assert "http://" in doc["message"] and time.monotonic() - started < 1  # not at the head deadline
+    with pytest.raises(requests.exceptions.SSLError, match="(?i)wrong.version.number"):
+        requests.get(f"https://127.0.0.1:{server.port}/", timeout=5)
+
+
 def test_a_connection_that_never_sends_a_request_is_closed(serve):
     server, _ = serve(head_timeout=1)
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
@@ -519,10 +529,12 @@ def test_a_cluster_under_a_slow_client_attack_keeps_its_leader_commits_and_catch
                 assert r.status_code == 201, r.text
                 latencies.append(time.monotonic() - started)
             # A new node-to-node connection gets through the full server at once.
-            vote = {"type": "vote_req", "from": followers[0].url, "to": leader.url, "term": 0,
+            sender, receiver = followers[0].status(timeout=2), leader.status(timeout=2)
+            vote = {"type": "vote_req", "from": sender["node_id"], "to": receiver["node_id"], "term": 0,
                     "last_index": 0, "last_term": 0, "pre": True, "rid": 1}
             r = requests.post(leader.url + "/raft/vote", data=json.dumps(vote), timeout=2,
-                              headers={"X-Cluster-Secret": secret_token("s3cret"), "X-PickleDB-Peer": "1",
+                              headers={"X-Cluster-Secret": secret_token("s3cret"), "X-PickleDB-Peer": sender["node_id"],
+                                       "X-PickleDB-Cluster": receiver["cluster_id"],
                                        "Content-Type": "application/json"})
             assert r.status_code == 200, r.text
             # A follower restarted during the attack catches up.
@@ -535,7 +547,7 @@ def test_a_cluster_under_a_slow_client_attack_keeps_its_leader_commits_and_catch
             assert statistics.median(latencies) < 0.25 and max(latencies) < 2, latencies
             for n in cluster.nodes:
                 view = n.status()
-                assert view["term"] == term and view["leader"] == leader.url, view
+                assert view["term"] == term and view["leader"] == receiver["node_id"], view
             assert "client connections open (the limit)" in open(leader.log_path).read()  # it was full
         finally:
             if attack is not None:

@@ -40,8 +40,11 @@ def elect(c, voters):
 
 
 def append(leader_term, frm, prev, prev_term, entries, commit=0, rid=1):
-    return {"type": APPEND_REQ, "from": frm, "to": "b", "term": leader_term, "prev_index": prev,
-            "prev_term": prev_term, "entries": entries, "commit": commit, "seq": 0, "rid": rid}
+    msg = {"type": APPEND_REQ, "from": frm, "to": "b", "term": leader_term, "prev_index": prev,
+           "prev_term": prev_term, "entries": entries, "commit": commit, "seq": 0, "rid": rid}
+    if prev == 0:  # the leader's configuration at index 0 comes along
+        msg["members"] = MEMBERS
+    return msg
 
 
 def test_vote_is_durable_before_the_request_leaves():

@@ -24,9 +24,14 @@ def test_random_schedules_keep_raft_invariants(start):
     if min(CHUNK, SCHEDULES - start) == CHUNK:
         # A checker that is never exercised proves nothing: every chunk must restart nodes,
         # cut logs, snapshot, compact, install snapshots, and load a log whose cut a snapshot
-        # covers while the cut-off suffix reached further than the log (issue 9 item 1).
+        # covers while the cut-off suffix reached further than the log (issue 9 item 1); and
+        # change the membership every way (committing changes, refusing one while another is
+        # uncommitted or before a new leader's first commit), and transfer leadership.
         for what in ("restarts", "probes", "cuts", "snapshots", "compactions", "installs",
-                     "loads_with_cut_under_snapshot"):
+                     "loads_with_cut_under_snapshot", "configs_committed", "config_add", "config_promote",
+                     "config_remove", "config_remove_leader", "config_remove_down", "config_remove_learner",
+                     "config_readd", "refused_change_in_progress", "refused_leader_not_ready", "transfers",
+                     "refused_during_transfer"):
             assert stats[what] > 0, f"schedules {start}..{start + CHUNK - 1} never did {what}: {stats}"
 
 
@@ -36,8 +41,9 @@ def test_replay():
     run_schedule(int(os.environ.get("RAFT_SIM_SEED", "11")))
 
 
-def test_same_seed_replays_the_same_schedule():
-    a, b = run_schedule(7), run_schedule(7)
+@pytest.mark.parametrize("seed", [7, 10])  # 10 changes the membership
+def test_same_seed_replays_the_same_schedule(seed):
+    a, b = run_schedule(seed), run_schedule(seed)
     assert a.events == b.events and a.committed == b.committed and a.committed
     assert a.stats == b.stats and a.stats["restarts"]
     assert [n.fs.ops for n in a.nodes.values()] == [n.fs.ops for n in b.nodes.values()]
@@ -69,6 +75,45 @@ def test_checker_catches_stale_read():
         sim.check_read(sim.nodes["n0"], 9, 11)
 
 
+def test_checker_catches_a_commit_that_no_majority_of_voters_holds():
+    sim = Simulation(1, nodes=3)
+    for node in sim.nodes.values():
+        node.start()
+    leader = sim.nodes["n0"].core
+    leader.role, leader.term = "leader", 1
+    sim.observe(sim.nodes["n0"])
+    leader.log.append((1, {"op": "set", "v": 1}, None))
+    leader.commit_index = 1  # as if a learner's or its own unsynced copy had counted
+    with pytest.raises(InvariantViolation, match="held durably only by voters"):
+        sim.observe(sim.nodes["n0"])
+
+
+def test_checker_catches_a_snapshot_without_the_configuration_at_its_index():
+    sim = Simulation(1, nodes=3)
+    grown = sim.initial + [{"id": "n3", "url": "sim://n3", "role": "learner"}]
+    sim.record_apply(sim.nodes["n0"], 1, 1, {"op": "config", "members": grown})
+    sim.check_snapshot_members(sim.nodes["n1"], 1, grown, "saves")
+    with pytest.raises(InvariantViolation, match="snapshot at 1 with members"):
+        sim.check_snapshot_members(sim.nodes["n1"], 1, sim.initial, "installs")
+
+
+def test_checker_catches_a_removed_node_that_leads_again():
+    sim = Simulation(1, nodes=3)
+    for node in sim.nodes.values():
+        node.start()
+    removal = {"op": "config", "members": sim.initial[:2]}  # n2 is removed at index 1
+    sim.record_apply(sim.nodes["n0"], 1, 1, removal)
+    sim.commit_terms[1] = 1
+    n2 = sim.nodes["n2"].core
+    n2.role, n2.term = "leader", 2
+    with pytest.raises(InvariantViolation, match="without the configuration committed at 1"):
+        sim.observe(sim.nodes["n2"])
+    n2._append(1, removal)
+    n2._sim_checked_term = None
+    with pytest.raises(InvariantViolation, match="removed it"):
+        sim.observe(sim.nodes["n2"])
+
+
 def test_checker_catches_a_disk_that_loses_fsynced_entries(monkeypatch):
     """A disk that acknowledges fsyncs without making anything durable (as some do)."""
     monkeypatch.setattr(FaultAppendFile, "sync", lambda self: None)
@@ -96,20 +141,21 @@ def storage_history(node) -> None:
     """A follower's life in storage operations: entries, a conflict cut, a snapshot that covers
     the cut (issue 9 item 1), compaction, more entries across segments, a second cut, a local
     snapshot after it, and an installed snapshot followed by entries."""
+    members = tuple(node.sim.initial)  # no configuration entries: the bootstrap one throughout
     log = {i: (1, cmd(i, 1)) for i in range(1, 9)}
     node.persist_append((1, "n1"), [(i, *log[i]) for i in range(1, 9)])
     node.persist_append((2, None), [(3, 2, cmd(3, 2))])  # cuts 4..8
     log = {i: log[i] for i in (1, 2)} | {3: (2, cmd(3, 2))}
-    node.persist_snapshot(3, 2, tuple(log[i][1] for i in range(1, 4)))
+    node.persist_snapshot(3, 2, tuple(log[i][1] for i in range(1, 4)), members)
     node.persist_compact(3)
     for i in range(4, 16):
         log[i] = (2, cmd(i, 2))
         node.persist_append((2, "n2") if i == 4 else None, [(i, *log[i])])
     node.persist_append((3, None), [(12, 3, cmd(12, 3)), (13, 3, cmd(13, 3))])  # cuts 14, 15
     log = {i: log[i] for i in range(1, 12)} | {12: (3, cmd(12, 3)), 13: (3, cmd(13, 3))}
-    node.persist_snapshot(12, 3, tuple(log[i][1] for i in range(1, 13)))
+    node.persist_snapshot(12, 3, tuple(log[i][1] for i in range(1, 13)), members)
     node.persist_compact(12)
-    node.persist_install(20, 4, tuple(cmd(i, 4) for i in range(1, 21)))
+    node.persist_install(20, 4, tuple(cmd(i, 4) for i in range(1, 21)), members)
     node.persist_append((4, "n3"), [(21, 4, cmd(21, 4)), (22, 4, cmd(22, 4))])
 
 

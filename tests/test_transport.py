@@ -223,6 +223,16 @@ def test_the_codec_refuses_malformed_requests(change):
     assert "malformed" in refused("append_req", {**APPEND, **change})
 
 
+@pytest.mark.parametrize("members", [None, [{"id": "a"}]])
+def test_an_append_from_the_start_of_the_log_carries_the_bootstrap_configuration(members):
+    msg = {**APPEND, "prev_index": 0, "prev_term": 0}
+    if members is not None:
+        msg["members"] = members
+    assert "members" in refused("append_req", msg)
+    good = {**msg, "members": [{"id": PEER, "url": "http://127.0.0.1:2", "role": "voter"}]}
+    assert CODEC.decode_request("append_req", orjson.dumps(good)) == good
+
+
 def test_the_codec_accepts_a_leader_it_does_not_know_yet():
     """A joining node knows no members: the leader's requests are checked, not its sender's name."""
     msg = {**APPEND, "from": "10.0.0.9:4005",

@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .checkers import (CheckResult, check_convergence, check_lost_writes,
-                       check_one_leader_per_term, check_stale_reads, parse_leader_claims)
+from .churn import Churn
+from .checkers import (CheckResult, check_conditional_writes, check_convergence, check_idempotent_retries,
+                       check_lost_writes, check_one_leader_per_term, check_stale_reads, parse_leader_claims)
 from .cluster import (ExitWatch, NemesisCluster, established_connections, http_call,
                       tail)
 from .history import FAIL, OK, UNKNOWN, History, Op, format_summary, load_history, summarize
@@ -67,7 +68,12 @@ CI_RUNS = (
     ("disk", 3, 16),
     ("large", 3, 12),
     ("hostile", 3, 12),
+    ("churn", 3, 12),
 )
+# Profiles run by a thread of their own next to the (empty) fault schedule: membership churn
+# (churn.py) changes the configuration instead of breaking processes or links.
+CHURN = "churn"
+ALL_PROFILES = sorted(PROFILES) + [CHURN]
 
 
 @dataclass
@@ -242,6 +248,8 @@ def check_all(ops: list, final_jobs: Optional[dict], final_tasks: Optional[list]
         checks.append(check_lost_writes(ops, final_jobs, final_tasks,
                                         ignore_keys={BARRIER_KEY}))
     checks.append(check_stale_reads(ops))
+    checks.append(check_idempotent_retries(ops, final_tasks))
+    checks.append(check_conditional_writes(ops))
     if snapshots is not None:
         checks.append(check_convergence(snapshots, leader))
     if claims is not None:
@@ -322,7 +330,8 @@ def run_one(cfg: RunConfig, out=None) -> RunResult:
     result (``ok=False``); infrastructure errors inside the run are reported too."""
     out = out or sys.stdout
     t_start = time.monotonic()
-    sched = make_schedule(cfg.seed, cfg.profile, cfg.nodes, cfg.duration)
+    sched = make_schedule(cfg.seed, "none" if cfg.profile == CHURN else cfg.profile, cfg.nodes, cfg.duration)
+    sched.profile = cfg.profile
     workdir = Path(cfg.workdir) if cfg.workdir else Path(
         tempfile.mkdtemp(prefix=f"nemesis-{cfg.label()}-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -334,6 +343,7 @@ def run_one(cfg: RunConfig, out=None) -> RunResult:
     net = ProxyNet(seed=cfg.seed)
     cluster = None
     nem = None
+    churn = None
     workload = None
     hostile = None
     exits = None
@@ -360,10 +370,17 @@ def run_one(cfg: RunConfig, out=None) -> RunResult:
         if hostile is not None:
             hostile.start()
         nem.start()
+        if cfg.profile == CHURN:
+            churn = Churn(cluster.urls, cfg.seed, history.now)
+            churn.start()
         stop = threading.Event()
         stop.wait(cfg.duration)              # the run's length, not a race-hiding sleep
         nem.stop_event.set()
         nem.join(15)
+        if churn is not None:
+            churn.stop_event.set()
+            churn.join(70)
+            churn.restore()
         workload.stop()
         if hostile is not None:
             hostile.stop()
@@ -425,6 +442,8 @@ def run_one(cfg: RunConfig, out=None) -> RunResult:
             exits.stop()
         if nem is not None:
             nem.stop_event.set()
+        if churn is not None:
+            churn.stop_event.set()
         if cluster is not None:
             cluster.stop()
         net.close()
@@ -432,7 +451,7 @@ def run_one(cfg: RunConfig, out=None) -> RunResult:
 
     ops = history.ops
     result.summary = summarize(ops)
-    result.nemesis_log = list(nem.log) if nem else []
+    result.nemesis_log = (list(nem.log) if nem else []) + (list(churn.log) if churn else [])
     if nem is not None and nem.error:
         result.problems.append("NEMESIS ERROR: " + nem.error)
     writes_ok = sum(1 for o in ops if o.is_write and o.outcome == OK and o.process >= 0)
@@ -450,6 +469,13 @@ def run_one(cfg: RunConfig, out=None) -> RunResult:
     result.checks = check_all(ops, final_jobs, final_tasks, snapshots, leader_url, claims)
     result.checks += run_checks(exits, nem, hostile, final_jobs, final_tasks, snapshots,
                                 leader_url)
+    if churn is not None:
+        c = CheckResult("membership-churn", info={"actions": len(churn.log)})
+        for finding in churn.findings + ([f"churn thread crashed: {churn.error}"] if churn.error else []):
+            c.fail(finding)
+        if not churn.log:
+            c.fail("no membership action was taken")
+        result.checks.append(c)
     result.ok = not result.problems and all(c.ok for c in result.checks)
     result.elapsed = time.monotonic() - t_start
     result.report = format_report(result, cluster)
@@ -516,7 +542,7 @@ def long_campaign(minutes: float, base_seed: Optional[int] = None, root: Optiona
     out = out or sys.stdout
     if base_seed is None:
         base_seed = random.SystemRandom().randrange(1, 10**9)
-    profiles = list(profiles or PROFILES)
+    profiles = list(profiles or ALL_PROFILES)
     rng = random.Random(base_seed)
     deadline = time.monotonic() + minutes * 60
     print(f"[nemesis] long campaign {minutes:g} min, base seed {base_seed}", file=out,
@@ -568,7 +594,7 @@ def main(argv=None) -> int:
     p.add_argument("--long", action="store_true", help="run random runs for --minutes")
     p.add_argument("--minutes", type=float, default=30.0)
     p.add_argument("--seed", type=int, help="run seed (single run) or base seed (campaigns)")
-    p.add_argument("--profile", choices=sorted(PROFILES))
+    p.add_argument("--profile", choices=ALL_PROFILES)
     p.add_argument("--nodes", type=int, choices=(3, 5))
     p.add_argument("--duration", type=float, help="seconds of workload+faults per run")
     p.add_argument("--clients", type=int, default=8)

@@ -12,6 +12,9 @@ a ``CheckResult`` (``ok`` plus human-readable ``errors``).
   tasks and jobs, equal to the leader's.
 * ``check_one_leader_per_term(claims)``: at most one node claims leadership per term
   (claims parsed from the nodes' stderr logs by ``parse_leader_claims``).
+* ``check_idempotent_retries(ops, final_tasks)``: every answer one Idempotency-Key got agrees,
+  and no retried create exists twice.
+* ``check_conditional_writes(ops)``: no two acknowledged If-Match writes on one version.
 """
 from __future__ import annotations
 
@@ -400,3 +403,73 @@ def check_one_leader_per_term(claims: Iterable) -> CheckResult:
                                for n, s in sorted(nodes.items())))
     res.info = {"claims": n, "terms": len(by_term)}
     return res
+
+
+def check_idempotent_retries(ops: Iterable[Op], final_tasks: Optional[list]) -> CheckResult:
+    """Writes retried under one Idempotency-Key: every definite answer a key got is the same
+    (status and body), no key is refused as reused (each operation has its own), and no create
+    is applied twice: at most one task carries each create's title, and it is the task the
+    create's answers name."""
+    c = CheckResult("idempotent-retries")
+    by_key: dict = {}
+    retried = 0
+    for op in ops:
+        if op.idem_key is None:
+            continue
+        retried += op.attempts > 1
+        by_key.setdefault(op.idem_key, []).append(op)
+    created: dict = {}  # title -> task id the create's answers name (None: no answer)
+    for key, key_ops in by_key.items():
+        if len(key_ops) > 1:
+            c.fail(f"key {key} was sent by {len(key_ops)} operations: "
+                   + "; ".join(o.short() for o in key_ops[:3]))
+        answers = [a for o in key_ops for a in (o.answers or [])]
+        for status, body in answers:
+            if status == 422:
+                c.fail(f"key {key} refused as reused: {body} in {key_ops[0].short()}")
+        distinct = {json.dumps(a, sort_keys=True) for a in answers}
+        if len(distinct) > 1:
+            c.fail(f"key {key} got {len(distinct)} different answers: {sorted(distinct)[:3]} "
+                   f"in {key_ops[0].short()}")
+        op = key_ops[0]
+        if op.f == "create" and isinstance(op.value, dict):
+            ids = {b.get("id") for s, b in answers if s == 201 and isinstance(b, dict)}
+            created[op.value.get("title")] = next(iter(ids)) if len(ids) == 1 else None
+    if final_tasks is not None:
+        seen: dict = {}
+        for task in final_tasks:
+            seen.setdefault(task.get("title"), []).append(task.get("id"))
+        for title, ids in seen.items():
+            if title not in created:  # not a keyed create of this history (a hostile request's)
+                continue
+            if len(ids) > 1:
+                c.fail(f"create of title {title!r} applied {len(ids)} times: tasks {ids}")
+            elif created[title] is not None and ids[0] != created[title]:
+                c.fail(f"task titled {title!r} is {ids[0]}, but its create was answered {created[title]}")
+    c.info.update({"keys": len(by_key), "retried": retried})
+    return c
+
+
+def check_conditional_writes(ops: Iterable[Op]) -> CheckResult:
+    """No two acknowledged If-Match writes name the same version of one task (of racing
+    writers that read the same version at most one wins), and a conditional update that
+    won produced exactly the next version."""
+    c = CheckResult("conditional-writes")
+    winners: dict = {}
+    losers = 0
+    for op in ops:
+        if op.if_match is None:
+            continue
+        if op.status == 412:
+            losers += 1
+        if op.outcome != OK:
+            continue
+        winners.setdefault((op.key, op.if_match), []).append(op)
+        if op.f == "update" and isinstance(op.result, dict) and op.result.get("version") != op.if_match + 1:
+            c.fail(f"update with If-Match {op.if_match} produced version {op.result.get('version')}: {op.short()}")
+    for (task, version), won in winners.items():
+        if len(won) > 1:
+            c.fail(f"{len(won)} writes with If-Match {version} on task {task} all succeeded: "
+                   + "; ".join(o.short() for o in won[:3]))
+    c.info.update({"won": len(winners), "refused_412": losers})
+    return c

@@ -249,7 +249,7 @@ class NemesisCluster:
             lead = self.current_leader(sts)
             if lead is not None and len(sts) == self.n:
                 url, term = self.urls[lead], sts[lead].get("term")
-                if all(st.get("leader") == url and st.get("term") == term
+                if all(st.get("leader_url") == url and st.get("term") == term
                        for st in sts.values()):
                     return lead
             time.sleep(0.1)

@@ -27,6 +27,11 @@ Fields
                create/update/read_task -> task dict (read_task 404 -> null);
                list -> {"tasks": [...], "total": N}; delete -> {"deleted": id}
   error        short error text for fail/unknown
+  idem_key     the Idempotency-Key every attempt of a write carried (null for reads)
+  if_match     the version a conditional update/delete named in If-Match, or null
+  attempts     requests sent for this operation: a write whose answer was not definite is
+               retried with the same key (invoke is the first attempt's, complete the last's)
+  answers      [status, normalised body] of every definite (non-5xx) answer of the attempts
 
 The checkers only read these records, so a history file from any run can be re-checked
 offline: ``python -m tests.nemesis.campaign --check-history path/to/history.jsonl``.
@@ -63,6 +68,10 @@ class Op:
     status: Optional[int] = None
     result: Any = None
     error: Optional[str] = None
+    idem_key: Optional[str] = None
+    if_match: Optional[int] = None
+    attempts: int = 1
+    answers: Optional[list] = None
 
     @property
     def is_write(self) -> bool:
@@ -102,6 +111,10 @@ class Op:
             parts.append("-> " + (r if len(r) <= 160 else r[:157] + "..."))
         if self.error:
             parts.append(f"err={self.error}")
+        if self.if_match is not None:
+            parts.append(f"if-match={self.if_match}")
+        if self.attempts > 1:
+            parts.append(f"attempts={self.attempts}")
         if self.node:
             parts.append(f"@{self.node}")
         return " ".join(parts)

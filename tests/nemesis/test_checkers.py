@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from .checkers import (check_convergence, check_lost_writes, check_one_leader_per_term,
-                       check_stale_reads, parse_leader_claims)
+from .checkers import (check_conditional_writes, check_convergence, check_idempotent_retries,
+                       check_lost_writes, check_one_leader_per_term, check_stale_reads,
+                       parse_leader_claims)
 from .history import FAIL, OK, UNKNOWN, History, Op, load_history, summarize
 from .linearizability import RegOp, check_history_linearizable, check_register
 
@@ -530,3 +531,48 @@ def test_history_round_trip(tmp_path):
     s = summarize(ops)
     assert s["total"] == {OK: 1, FAIL: 0, UNKNOWN: 1}
     assert "set" in ops[0].short()
+
+
+def keyed_create(n, title, answers, attempts=2):
+    task = answers[0][1] if answers and answers[0][0] == 201 else None
+    return Op(id=n, process=0, f="create", value={"title": title, "description": "d"}, invoke=n, complete=n + 0.5,
+              outcome=OK if task else UNKNOWN, status=answers[0][0] if answers else None, result=task,
+              idem_key=f"k{n}", attempts=attempts, answers=answers)
+
+
+def test_idempotent_retries_pass_when_every_answer_agrees_and_nothing_is_doubled():
+    a = {"id": "a", "title": "ta", "version": 1}
+    ops = [keyed_create(1, "ta", [[201, a], [201, a]]), keyed_create(2, "tb", [], attempts=3)]
+    hostile = [{"id": "h1", "title": "same", "version": 1}, {"id": "h2", "title": "same", "version": 1}]
+    c = check_idempotent_retries(ops, [a, {"id": "b", "title": "tb", "version": 1}, *hostile])
+    assert c.ok, c.explain()  # tasks no keyed create made are not this checker's business
+    assert c.info == {"keys": 2, "retried": 2}
+
+
+def test_idempotent_retries_catch_a_second_apply_and_disagreeing_answers():
+    a, a2 = {"id": "a", "title": "ta", "version": 1}, {"id": "a2", "title": "ta", "version": 1}
+    c = check_idempotent_retries([keyed_create(1, "ta", [[201, a]])], [a, a2])
+    assert not c.ok and "applied 2 times" in c.errors[0]
+    c = check_idempotent_retries([keyed_create(1, "ta", [[201, a], [201, a2]])], [a])
+    assert not c.ok and "different answers" in c.errors[0]
+    c = check_idempotent_retries([keyed_create(1, "ta", [[201, a]])], [a2])
+    assert not c.ok and "answered a" in c.errors[0]
+    c = check_idempotent_retries([keyed_create(1, "ta", [[201, a], [422, {"error": "idempotency_key_reused"}]])],
+                                 [a])
+    assert not c.ok and any("reused" in e for e in c.errors)
+
+
+def conditional(n, task, version, outcome=OK, result_version=None):
+    return Op(id=n, process=n, f="update", key=task, value={"description": f"u{n}"}, invoke=n, complete=n + 1,
+              outcome=outcome, status=200 if outcome == OK else 412, if_match=version,
+              result={"id": task, "version": result_version or version + 1} if outcome == OK else None)
+
+
+def test_conditional_writes_allow_one_winner_per_version():
+    ops = [conditional(1, "t", 1), conditional(2, "t", 1, FAIL), conditional(3, "t", 2), conditional(4, "u", 1)]
+    c = check_conditional_writes(ops)
+    assert c.ok and c.info == {"won": 3, "refused_412": 1}
+    c = check_conditional_writes(ops + [conditional(5, "t", 1)])
+    assert not c.ok and "2 writes with If-Match 1 on task t" in c.errors[0]
+    c = check_conditional_writes([conditional(1, "t", 1, result_version=3)])
+    assert not c.ok and "produced version 3" in c.errors[0]

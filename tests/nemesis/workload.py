@@ -12,11 +12,25 @@ invoke time, completion time and outcome:
   unknown  anything else once the request was sent: read timeout, reset, 503
            ``unknown_outcome``, other 5xx
 
+Every write carries an ``Idempotency-Key`` unique to the operation. A write whose answer is
+not definite (5xx, a timeout, a reset, a refused connection) is retried with the same key on
+another node, with a short back-off, for up to ``retry_for`` seconds: the cluster applies it
+at most once and every attempt that gets an answer gets the same one. The operation is
+recorded once, from its first invoke to its first definite answer, with every definite answer
+(``answers``) for the checkers to compare: a retried write, and a ``repeat_share`` of the
+others, is sent once more after its answer, to another node, and must get the same answer. If no attempt got a definite answer the outcome
+is unknown, unless no attempt can have been applied (all never sent, ``no_leader`` or
+``not_committed``): then it is fail.
+
 Operation mix: ``/set`` on a small key space (so writes contend), ``GET /jobs/<k>`` and
 ``GET /jobs`` reads (linearizable and stale), task create (unique title per create),
 update (unique description per update) and delete on a small pool of recent tasks, and
 ``GET /tasks/<id>`` / ``GET /tasks`` reads (linearizable and stale). All values written are
 unique, which keeps the linearizability search small.
+
+``RETRY_MIX`` adds conditional writes: ``update_if`` and ``delete_if`` send ``If-Match``
+with the version the client last saw of the task (from any answer), so clients race on
+versions and most lose with 412.
 
 ``LARGE_MIX`` adds large entries: ``/set`` values of 900,000 characters or exactly filling
 the 1 MiB body cap, and tasks created or updated with 10,000-character descriptions (the
@@ -27,13 +41,16 @@ alike, so the checkers compare exact contents without megabytes per history line
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import random
+import socket
 import threading
 import time
 from typing import Optional
+from urllib.parse import urlsplit
 
-from .cluster import HttpResult, http_call
+from .cluster import HttpResult
 from .history import FAIL, OK, UNKNOWN, History, Op
 
 # (name, weight)
@@ -48,6 +65,11 @@ LARGE_MIX = (
     ("create", 12), ("update", 12), ("delete", 4),
     ("read_task", 8), ("read_task_stale", 4), ("list", 1), ("list_stale", 1),
     ("set_big", 3), ("create_big", 6), ("update_big", 6),
+)
+# Conditional writes contend on few hot tasks; reads keep the version the clients know fresh.
+RETRY_MIX = (
+    ("set", 10), ("get", 6), ("create", 12), ("update", 6), ("update_if", 14), ("delete_if", 4),
+    ("delete", 2), ("read_task", 10), ("list", 2),
 )
 DEFINITE_503 = ("no_leader", "not_committed")
 MAX_BODY = 1024 * 1024            # the API's body cap
@@ -81,6 +103,46 @@ def max_set_value_length(key: str) -> int:
     return MAX_BODY - len(json.dumps({"key": key, "value": ""}))
 
 
+def http_call(base_url: str, method: str, path: str, body=None, headers: Optional[dict] = None,
+              timeout: float = 3.0, connect_timeout: float = 1.0) -> HttpResult:
+    """cluster.http_call with request headers: one request on a fresh connection, telling
+    'never sent' (connect failed) from 'sent, answer unknown' (reset or timeout after sending)."""
+    u = urlsplit(base_url)
+    t = time.monotonic()
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=connect_timeout)
+    try:
+        try:
+            conn.connect()
+        except OSError as e:
+            return HttpResult(False, error=f"connect: {type(e).__name__}", elapsed=time.monotonic() - t)
+        conn.sock.settimeout(timeout)
+        all_headers = {"Connection": "close", **(headers or {})}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            all_headers["Content-Type"] = "application/json"
+        try:
+            conn.request(method, path, body=data, headers=all_headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        except socket.timeout:
+            return HttpResult(True, error="timeout", elapsed=time.monotonic() - t)
+        except (OSError, http.client.HTTPException) as e:
+            return HttpResult(True, error=f"{type(e).__name__}: {e}"[:120], elapsed=time.monotonic() - t)
+        try:
+            parsed = json.loads(raw) if raw else None
+        except ValueError:
+            parsed = raw.decode("utf-8", "replace")[:300]
+        return HttpResult(True, resp.status, parsed, elapsed=time.monotonic() - t)
+    finally:
+        conn.close()
+
+
+def definite(res: HttpResult) -> bool:
+    """An answer that says what happened (2xx, 4xx), as opposed to a 5xx or no answer."""
+    return res.status is not None and res.status < 500
+
+
 def classify(res: HttpResult, f: str, read: bool) -> tuple:
     """(outcome, error text) for one answer."""
     if not res.sent:
@@ -105,12 +167,24 @@ def classify(res: HttpResult, f: str, read: bool) -> tuple:
 
 
 class TaskPool:
-    """Ids of tasks whose create was acknowledged, shared by all clients."""
+    """Ids of tasks whose create was acknowledged, shared by all clients, with the newest
+    version any answer showed of each."""
 
     def __init__(self, hot: int = 6):
         self._ids: list = []
+        self._versions: dict = {}
         self._lock = threading.Lock()
         self.hot = hot
+
+    def saw(self, task) -> None:
+        if isinstance(task, dict) and isinstance(task.get("version"), int) and "id" in task:
+            with self._lock:
+                tid = str(task["id"])
+                self._versions[tid] = max(self._versions.get(tid, 0), task["version"])
+
+    def version(self, tid) -> int:
+        with self._lock:
+            return self._versions.get(tid, 1)
 
     def add(self, tid):
         with self._lock:
@@ -139,6 +213,8 @@ class Client(threading.Thread):
         self.wl = wl
         self.process = process
         self.rng = random.Random(f"{wl.seed}/client/{process}")
+        # Retries depend on the faults met: their own generator keeps `rng`'s picks seeded.
+        self.retry_rng = random.Random(f"{wl.seed}/retry/{process}")
         self.n = 0
         self.suspect: dict = {}      # node -> monotonic time until which we avoid it
         self.error: Optional[BaseException] = None
@@ -166,7 +242,7 @@ class Client(threading.Thread):
         node = self.pick_node()
         q = "?consistency=stale" if stale else ""
         tag = f"{self.process}:{self.n}"
-        key = value = None
+        key = value = expected = None
         if f == "set":
             key = rng.choice(wl.keys)
             value = f"v{tag}"
@@ -198,8 +274,10 @@ class Client(threading.Thread):
                 f = "update"
                 value = {"description": filler(f"u{tag}", MAX_DESCRIPTION)}
                 req = ("PUT", f"/tasks/{key}", dict(value))
-        elif f in ("update", "delete", "read_task"):
+        elif f in ("update", "delete", "read_task", "update_if", "delete_if"):
             key = wl.tasks.pick(rng)
+            if key is not None and f.endswith("_if"):
+                f, expected = f[:-3], wl.tasks.version(key)
             if key is None:              # nothing created yet: create instead
                 f, stale, q = "create", False, ""
                 value = {"title": f"t{tag}", "description": f"d{tag}"}
@@ -217,18 +295,49 @@ class Client(threading.Thread):
             raise ValueError(name)
         read = f in ("get", "get_all", "read_task", "list")
         op = Op(id=wl.history.new_id(), process=self.process, f=f, key=key, value=shrink(value),
-                node=node, consistency=("stale" if stale else "linearizable") if read else None)
+                node=node, consistency=("stale" if stale else "linearizable") if read else None,
+                if_match=expected)
+        headers = {}
+        if not read:
+            op.idem_key = headers["Idempotency-Key"] = f"{wl.seed}-{self.process}-{self.n}"
+            op.answers = []
+        if expected is not None:
+            headers["If-Match"] = f'"{expected}"'
         op.invoke = wl.history.now()
-        res = http_call(node, req[0], req[1], req[2], timeout=wl.timeout)
-        op.complete = wl.history.now()
-        op.status = res.status
-        op.outcome, op.error = classify(res, f, read)
-        if res.error == "timeout" or (not res.sent):
-            self.suspect[node] = time.monotonic() + wl.suspect_for
+        deadline = time.monotonic() + wl.retry_for
+        maybe_applied = False
+        while True:
+            res = http_call(node, req[0], req[1], req[2], headers, timeout=wl.timeout)
+            op.complete = wl.history.now()
+            op.status = res.status
+            op.outcome, op.error = classify(res, f, read)
+            if res.error == "timeout" or (not res.sent):
+                self.suspect[node] = time.monotonic() + wl.suspect_for
+            if read:
+                break
+            if definite(res):
+                op.answers.append([res.status, shrink(res.body)])
+                break
+            maybe_applied = maybe_applied or op.outcome == UNKNOWN
+            if time.monotonic() >= deadline or wl.stop_event.is_set():
+                if maybe_applied:
+                    op.outcome = UNKNOWN
+                break
+            op.attempts += 1
+            wl.stop_event.wait(self.retry_rng.uniform(0.05, 0.2))  # back-off before the retry
+            node = self.pick_node()
+        if not read and definite(res) and (op.attempts > 1 or self.retry_rng.random() < wl.repeat_share):
+            # Send it once more, elsewhere: the key must bring back the same answer, not a new write.
+            again = http_call(self.pick_node(), req[0], req[1], req[2], headers, timeout=wl.timeout)
+            if definite(again):
+                op.answers.append([again.status, shrink(again.body)])
         if op.outcome == OK:
             op.result = normalize_result(f, res)
             if f == "create" and isinstance(res.body, dict) and "id" in res.body:
                 wl.tasks.add(str(res.body["id"]))
+            wl.tasks.saw(res.body)
+        elif res.status == 412 and isinstance(res.body, dict):
+            wl.tasks.saw(res.body.get("current"))
         if f == "delete" and op.outcome != UNKNOWN and rng.random() < 0.5:
             wl.tasks.discard(key)
         wl.history.record(op)
@@ -253,7 +362,8 @@ def normalize_result(f: str, res: HttpResult):
 class Workload:
     def __init__(self, urls, history: History, seed: int, clients: int = 8,
                  keys: int = 5, timeout: float = 4.0, think: float = 0.02,
-                 suspect_for: float = 1.0, mix=DEFAULT_MIX):
+                 suspect_for: float = 1.0, mix=DEFAULT_MIX, retry_for: float = 6.0,
+                 repeat_share: float = 0.1):
         self.urls = list(urls)
         self.history = history
         self.seed = seed
@@ -261,6 +371,8 @@ class Workload:
         self.timeout = timeout
         self.think = think
         self.suspect_for = suspect_for
+        self.retry_for = retry_for
+        self.repeat_share = repeat_share
         self.mix_names = [m[0] for m in mix]
         self.mix_weights = [m[1] for m in mix]
         self.tasks = TaskPool()
