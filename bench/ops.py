@@ -100,6 +100,49 @@ def start(cluster: Cluster) -> str:
         raise
 
 
+def observation_costs(rounds: int = 15, n: int = 2000) -> dict:
+    """CPU time (process time, best of `rounds`) the metrics add: per HTTP request (the middleware
+    and the route hook, on a Flask app with one POST route) and per WAL batch (timing the fsync,
+    observing it and the batch size). Steadier than throughput on a shared machine."""
+    import io
+    from types import SimpleNamespace
+
+    from flask import Flask
+
+    from metrics import NodeMetrics
+
+    def app(instrumented: bool):
+        flask_app = Flask(__name__)
+        flask_app.post("/tasks")(lambda: ({"ok": True}, 201))
+        if instrumented:
+            NodeMetrics(SimpleNamespace()).instrument(flask_app)
+        return flask_app.wsgi_app
+
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/tasks", "SERVER_NAME": "x", "SERVER_PORT": "80",
+               "wsgi.url_scheme": "http", "HTTP_HOST": "x", "CONTENT_LENGTH": "0"}
+
+    def per_request(wsgi_app) -> float:
+        started = time.process_time()
+        for _ in range(n):
+            for _ in wsgi_app({**environ, "wsgi.input": io.BytesIO()}, lambda status, headers, exc_info=None: None):
+                pass
+        return (time.process_time() - started) / n * 1e6
+    plain, instrumented = app(False), app(True)
+    best = {"plain": [], "instrumented": []}
+    for _ in range(rounds):
+        best["plain"].append(per_request(plain))
+        best["instrumented"].append(per_request(instrumented))
+    metrics = NodeMetrics(SimpleNamespace())
+    started = time.process_time()
+    for _ in range(n * 10):
+        t = time.perf_counter()
+        metrics.fsync_seconds.observe(time.perf_counter() - t)
+        metrics.appended((1,))
+        metrics.saw_leader("a")
+    batch = (time.process_time() - started) / (n * 10) * 1e6
+    return {"http_request_us": rnd(min(best["instrumented"]) - min(best["plain"]), 1), "wal_batch_us": rnd(batch, 1)}
+
+
 def leader_view(cluster: Cluster) -> tuple[str, int]:
     url = cluster.wait_for_leader(timeout=15)
     return url, cluster.by_url(url).status()["term"]
@@ -119,14 +162,16 @@ def metrics_cost(cfg, workdir: str) -> dict:
     bare = BareCluster(os.path.join(workdir, "without-metrics"), n=3, heartbeat=FAST[0], election=FAST[1])
     out = {"clients": {}}
     clusters = {"with": shipped, "without": bare}
-    leaders = {"with": start(shipped)}
+    # Single pairs are noisy on a shared machine (an A/A trial of two clusters as shipped differed
+    # by 5%; pair ratios ranged 0.76-1.21): observation_costs() below measures the CPU directly.
+    start(bare)
     try:
-        leaders["without"] = start(bare)
-        scrape = requests.get(leaders["with"] + "/metrics", timeout=5)
+        leader = start(shipped)
+        scrape = requests.get(leader + "/metrics", timeout=5)
         if scrape.status_code != 200 or "pickledb_raft_term" not in scrape.text:
             raise RuntimeError(f"the shipped cluster serves no metrics: {scrape.status_code}")
-        for url in leaders.values():
-            run_wrk(url + "/tasks", POST_LUA, 16, 1)  # warm-up, not recorded
+        for cluster in clusters.values():
+            run_wrk(leader_view(cluster)[0] + "/tasks", POST_LUA, 16, 1)  # warm-up, not recorded
         out["pairs_redone"] = 0
         for clients in cfg.ops_clients:
             pairs = []
@@ -145,12 +190,14 @@ def metrics_cost(cfg, workdir: str) -> dict:
                     f"(leader CPU {runs['with']['cpu']['leader']}), without {runs['without']['rps']:.0f} req/s "
                     f"(leader CPU {runs['without']['cpu']['leader']})")
             ratio = statistics.median(p["with"]["rps"] / p["without"]["rps"] for p in pairs)
+            cpu_per_write_us = statistics.median(p["without"]["cpu"]["leader"] / p["without"]["rps"] * 1e6 for p in pairs)
             out["clients"][clients] = {
                 "with_rps": rnd(statistics.median(p["with"]["rps"] for p in pairs), 1),
                 "without_rps": rnd(statistics.median(p["without"]["rps"] for p in pairs), 1),
                 "with_p50_ms": rnd(statistics.median(p["with"]["p50_ms"] for p in pairs)),
                 "without_p50_ms": rnd(statistics.median(p["without"]["p50_ms"] for p in pairs)),
                 "ratio": rnd(ratio), "cost_pct": rnd((1 - ratio) * 100, 1),
+                "leader_cpu_per_write_us": rnd(cpu_per_write_us, 1),
                 "errors": sum(p[k]["errors"] for p in pairs for k in p)}
         session, leader = requests.Session(), leader_view(shipped)[0]
         times = []
@@ -160,8 +207,15 @@ def metrics_cost(cfg, workdir: str) -> dict:
             times.append(time.perf_counter() - t)
         out["scrape_ms"] = rnd(statistics.median(times) * 1000, 2)
     finally:
-        shipped.stop()
         bare.stop()
+        shipped.stop()
+    out["observation_costs"] = costs = observation_costs()
+    # At most one WAL batch per write: an upper bound of the share of the leader's CPU.
+    for row in out["clients"].values():
+        row["estimated_cost_pct"] = rnd((costs["http_request_us"] + costs["wal_batch_us"])
+                                        / row["leader_cpu_per_write_us"] * 100, 2)
+    estimates = ", ".join(f"{k} clients {row['estimated_cost_pct']}%" for k, row in out["clients"].items())
+    log(f"  observation costs: {costs}; estimated share of the leader's CPU: {estimates}")
     return out
 
 
@@ -247,8 +301,12 @@ def section(cfg) -> dict:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     worst = max(c["cost_pct"] for c in res["metrics_cost"]["clients"].values())
+    estimated = max(c["estimated_cost_pct"] for c in res["metrics_cost"]["clients"].values())
     res["targets"] = [
-        {"target": "metrics cost on 3-node write throughput <= 3%", "value": worst, "met": worst <= 3},
+        {"target": "metrics cost on 3-node write throughput <= 3% (paired runs, worst client count)",
+         "value": worst, "met": worst <= 3},
+        {"target": "metrics CPU per write <= 3% of the leader's (measured observation costs)",
+         "value": estimated, "met": estimated <= 3},
         {"target": f"backup of {cfg.ops_tasks} tasks <= 2 s", "value": res["backup_restore"]["backup_leader_s"],
          "met": res["backup_restore"]["backup_leader_s"] <= 2},
         {"target": f"restore of {cfg.ops_tasks} tasks <= 5 s", "value": res["backup_restore"]["restore_s"],
