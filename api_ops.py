@@ -21,7 +21,7 @@ from api_common import SEND_CHUNK, Slot, ctx, error, json_response, read
 from auth import open_route, requires
 from backup import backup_checksum, encode_backup
 from cluster_manager import ClientError
-from metrics import NodeMetrics, leader_known
+from metrics import leader_known
 
 BACKUP_SLOTS = 1  # backups encoded or sent at once per node (each holds a full encoded copy of the state)
 BACKUP_SLOTS_KEY = "pickledb.backup_slots"  # in app.extensions
@@ -37,10 +37,6 @@ def set_up(state) -> None:
     """Measure the app's requests. Runs when the blueprint is registered: before the node-to-node
     routes are put in front of the app, so Raft traffic is not measured."""
     node = state.app.extensions["pickledb"].node
-    # Until the runtime creates node.metrics (cluster_manager hooks), the write-path histograms
-    # stay empty; drop these two lines once it does.
-    if getattr(node, "metrics", None) is None:
-        node.metrics = NodeMetrics(node)
     node.metrics.instrument(state.app)
     state.app.extensions[BACKUP_SLOTS_KEY] = threading.BoundedSemaphore(BACKUP_SLOTS)
 

@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 import orjson
 
 import auth
+from metrics import NodeMetrics
 from raft_core import (APPEND_REQ, LEADER, LEARNER, NOOP, REQUESTS, SNAP_REQ, VOTER, ConfigRefused,
                        NotLeader, RaftCore, TransferInProgress)
 from storage import Storage, StorageError
@@ -193,13 +194,14 @@ POLL = 0.02  # seconds between two looks at a membership change's progress
 class Node:
     def __init__(self, config: NodeConfig):
         self.config = config
+        self.metrics = NodeMetrics(self)
         self.id = config.id
         self.url = config.url
         self.stopping = threading.Event()
         # Test networks route a member's traffic through a proxy: its URL -> the proxy's URL.
         self.url_routes = json.loads(os.environ.get("PICKLEDB_PEER_ROUTES") or "{}")
 
-        self.storage = Storage(config.data_dir)
+        self.storage = Storage(config.data_dir, fs=self.metrics.wal_fs())
         try:
             state, entries = self.storage.load()
             members = self._identity(state is None and not entries and self.storage.hard_state[0] == 0)
@@ -696,6 +698,7 @@ class Node:
         else:
             later = rd.messages
         self.storage.append(rd.hard_state, rd.entries)  # the one fsync of this batch
+        self.metrics.appended(rd.entries)
         for msg in later:
             waiter = None
             if msg["type"] not in REQUESTS:
@@ -753,6 +756,7 @@ class Node:
                 peers[p] = {"match_index": pr.match, "reachable": now - pr.last_ack < core.election_timeout,
                             "lag": core.last_index() - pr.match}
         voters = core.voters
+        self.metrics.saw_leader(core.leader_id)
         self.status_view = {
             "node_id": self.id, "url": self.url, "cluster_id": self.cluster_id,
             "cluster_mismatch": self.cluster_mismatch, "role": core.role, "is_leader": core.role == LEADER,
@@ -799,7 +803,8 @@ class Node:
 
         def write():
             try:
-                self.storage.save_snapshot(index, term, state, members=members)
+                with self.metrics.snapshot_seconds.time():
+                    self.storage.save_snapshot(index, term, state, members=members)
                 self.submit(("compact", index, term))
             except StorageError as exc:  # the node goes on: the log still holds everything
                 log.error("snapshot at %d failed: %s", index, exc)
