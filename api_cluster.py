@@ -70,7 +70,9 @@ def cluster_status():
         if v is not None:
             entry.update(role=v["role"], is_leader=v["is_leader"], term=v["term"], leader=v["leader"],
                          commit_index=v["commit_index"], applied_index=v["applied_index"],
-                         lag=max(0, top - v["applied_index"]), cluster_id=v.get("cluster_id"))
+                         lag=max(0, top - v["applied_index"]), cluster_id=v.get("cluster_id"),
+                         cluster_mismatch=v.get("cluster_mismatch"), peers_mismatch=v.get("peers_mismatch"),
+                         config_index=v.get("config_index"))
         else:
             entry.update(role="unreachable", is_leader=False, lag=None)
         if node_id in me["peers"]:

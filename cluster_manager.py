@@ -221,6 +221,7 @@ class Node:
         log.info("node %s (%s) of cluster %s loaded snapshot at %d and %d log entries (term %d); "
                  "members: %s", self.id, self.url, self.cluster_id, meta["index"], len(entries), term,
                  describe_members(self.core.members) or "none yet")
+        self.peers_mismatch: str | None = None  # how --peers differs from the configuration in the log
         self._warn_if_peers_differ()
         self.routes: dict[str, str] = {}
         self.leader_commit = self.core.commit_index  # the leader's commit index as last heard
@@ -280,11 +281,11 @@ class Node:
         given = {(m["id"], m["url"]) for m in self.config.bootstrap_members()}
         actual = {(m["id"], m["url"]) for m in self.core.members}
         if given != actual:
+            self.peers_mismatch = ("only in --peers: " + (", ".join(f"{i}={u}" for i, u in sorted(given - actual)) or "nothing")
+                                   + "; only in the configuration: "
+                                   + (", ".join(f"{i}={u}" for i, u in sorted(actual - given)) or "nothing"))
             log.warning("--peers differs from the cluster's configuration, which is kept (it lives in "
-                        "the log; change it with the /cluster/members API): only in --peers: %s; "
-                        "only in the configuration: %s",
-                        ", ".join(f"{i}={u}" for i, u in sorted(given - actual)) or "nothing",
-                        ", ".join(f"{i}={u}" for i, u in sorted(actual - given)) or "nothing")
+                        "the log; change it with the /cluster/members API): %s", self.peers_mismatch)
 
     def _follow_members(self, members: list[dict]) -> None:
         """Route messages to the members of the configuration in effect."""
@@ -759,7 +760,7 @@ class Node:
         self.metrics.saw_leader(core.leader_id)
         self.status_view = {
             "node_id": self.id, "url": self.url, "cluster_id": self.cluster_id,
-            "cluster_mismatch": self.cluster_mismatch, "role": core.role, "is_leader": core.role == LEADER,
+            "cluster_mismatch": self.cluster_mismatch, "peers_mismatch": self.peers_mismatch, "role": core.role, "is_leader": core.role == LEADER,
             "voter": self.id in voters, "term": core.term, "leader": core.leader_id,
             "leader_url": self.url_of(core.leader_id), "voted_for": core.voted_for,
             "commit_index": core.commit_index,

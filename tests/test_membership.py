@@ -106,6 +106,8 @@ def test_a_mistyped_peer_list_is_reported_and_the_cluster_still_elects(tmp_path)
         wait_for(lambda: "--peers differs from the cluster's configuration" in victim.log_tail(200)
                  and "only in --peers: 127.0.0.1:21015=http://127.0.0.1:21015" in victim.log_tail(200),
                  10, "a warning naming the difference")
+        assert "only in --peers: 127.0.0.1:21015" in victim.status()["peers_mismatch"]  # and the dashboard shows it
+        assert leader.status()["peers_mismatch"] is None
         leader.kill9()
         new_leader = leader_of(c, exclude=leader, timeout=10)
         create(new_leader.url, "after failover")
