@@ -142,8 +142,17 @@ def test_changes_made_elsewhere_appear_live(cluster, api, page):
     api.update(other["id"], completed=True, node=others[1])
     expect(row.locator("form.edit .err")).to_contain_text("changed elsewhere", timeout=1500)
     expect(row.locator("form.edit").get_by_label("Description")).to_have_value("my draft")
+    # Saving is conditional (If-Match): the other change came first, so both versions are shown
+    # and the user chooses; nothing is overwritten silently.
     row.locator("form.edit").get_by_role("button", name="Save").click()
+    conflict = row.locator("form.edit .conflict")
+    expect(conflict).to_contain_text("Someone else changed this task first")
+    expect(conflict).to_contain_text("Theirs (v2)")
+    expect(conflict).to_contain_text("my draft")
+    assert api.get(other["id"])["description"] == "" and api.get(other["id"])["version"] == 2
+    conflict.get_by_role("button", name="Save mine anyway").click()
     expect(row.locator(".desc")).to_have_text("my draft")
+    assert api.get(other["id"])["version"] == 3
     expect(row).to_have_class(re.compile(r"\bdone\b"))
 
 
