@@ -46,6 +46,7 @@ POST_LUA = os.path.join(BENCH, "lua", "post_task.lua")
 GET_LUA = os.path.join(BENCH, "lua", "get_task.lua")
 FAST = (0.1, 0.6)
 DEFAULTS = (2.0, 5.0)
+SECTIONS = ("writes", "reads", "failover", "scale", "membership", "contract", "ops", "tls")
 
 
 def log(msg: str) -> None:
@@ -521,6 +522,16 @@ def targets(res: dict) -> list[dict]:
         add(f"writes at {sc['catch_up']['missed_writes']:,}+ / at 1,000 stored", sc["throughput_ratio"], ">=", 0.8)
         add(f"catch-up of {sc['catch_up']['missed_writes']:,} missed writes (s)", sc["catch_up"]["seconds"], "<=", 5.0)
         add(f"restart with {sc['restart']['stored']:,} tasks (s)", sc["restart"]["seconds"], "<=", 3.0)
+    m = res.get("membership")
+    if m:
+        add(f"new node to voter at {m['join']['tasks']:,} tasks (s)", m["join"]["join_to_voter_s"], "<=", 5.0)
+        add("rolling restart 0.1/0.6 s: longest write gap per node (s)", m["rolling_restart"]["max_gap_s"], "<=", 0.3)
+    c = res.get("contract")
+    if c:
+        add("writes with Idempotency-Key / without", c["post"]["ratio"], ">=", 0.95)
+        add("PUT with If-Match / without", c["put"]["ratio"], ">=", 0.95)
+    for t in (res.get("ops") or {}).get("targets", []):
+        rows.append({**t, "goal": "", "unit": ""})
     return rows
 
 
@@ -574,6 +585,9 @@ def tables(res: dict) -> str:
                   f"{sc['list']['response_bytes'] / 1e6:.1f} MB) | {sc['list']['full_ms']:.0f} ms |",
                   f"| GET /tasks?limit=100 (one page) | {sc['list']['page100_ms']:.1f} ms |",
                   f"| preload rate (64 clients) | {sc['preload_rate']:.0f} writes/s |", ""]
+    if res.get("tls"):
+        import tls_bench
+        lines += ["Writes over HTTPS with mutual TLS (3 nodes, paired runs)", "", tls_bench.readme_text(res["tls"]), ""]
     if res.get("targets"):
         lines += ["Targets (same run, medians)", "", "| target | goal | measured | met |", "|---|---|---:|---|"]
         for t in res["targets"]:
@@ -684,8 +698,8 @@ def config(argv=None):
     p.add_argument("--keep", action="store_true", help="keep the workdir (node logs and data)")
     p.add_argument("--repeats", type=int, default=None, help="runs per figure (default 5; smoke 1)")
     p.add_argument("--duration", type=float, default=None, help="seconds per wrk run (default 3; smoke 1)")
-    p.add_argument("--sections", default="writes,reads,failover,scale",
-                   help="comma-separated subset of writes,reads,failover,scale (reads run on the 3-node "
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help=f"comma-separated subset of {','.join(SECTIONS)} (reads run on the 3-node "
                    "cluster of the writes section)")
     p.add_argument("--kills", default=None, help="failover kills with fast,default timings (default 5,3; smoke 1,0)")
     p.add_argument("--sizes", default=None, help="cluster sizes for the write benchmark (default 1,3,5)")
@@ -741,6 +755,19 @@ def main(argv=None) -> int:
         res["failover"] = bench_failover(cfg, workdir)
     if "scale" in cfg.section_list:
         res["scale"] = bench_scale(cfg, workdir)
+    # These sections' modules import this one for its helpers: imported here, not at the top.
+    if "membership" in cfg.section_list:
+        import membership
+        res["membership"] = membership.section(cfg, workdir)
+    if "contract" in cfg.section_list:
+        import contract
+        res["contract"] = contract.section(cfg)
+    if "ops" in cfg.section_list:
+        import ops
+        res["ops"] = ops.section(cfg)
+    if "tls" in cfg.section_list:
+        import tls_bench
+        res["tls"] = tls_bench.section(cfg, workdir)
     res["targets"] = targets(res)
     res["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
     res["meta"]["load_avg_after"] = os.getloadavg()[0]

@@ -32,6 +32,8 @@ def test_failover_to_live_node_and_fail_back(own_cluster, page, tmp_path):
     expect(banner).to_be_hidden()
 
     victim = own_cluster.node(node_index(own_cluster, leader))
+    list_loads = []  # after a failover the page resumes the event stream instead of reloading the list
+    page.on("request", lambda r: list_loads.append(r.url) if r.method == "GET" and "/tasks?" in r.url else None)
     t0 = time.monotonic()
     victim.kill9()
 
@@ -51,6 +53,8 @@ def test_failover_to_live_node_and_fail_back(own_cluster, page, tmp_path):
     # once a leader exists, writes work again from the same page
     new_leader = own_cluster.wait_for_leader(15)
     assert new_leader != leader
+    api.create("Written during the failover", node=new_leader)
+    expect(task_row(page, "Written during the failover")).to_be_visible()
     title = page.get_by_label("New task")
     expect(title).to_be_enabled(timeout=10_000)
     expect(page.locator("#readonly-notice")).to_be_hidden()
@@ -60,6 +64,7 @@ def test_failover_to_live_node_and_fail_back(own_cluster, page, tmp_path):
     expect(title).to_have_value("")
     assert "Added after failover" in {t["title"] for t in api.tasks(node=new_leader)}
     expect(page.locator(f'#cluster-body tr[data-node="{new_leader}"] .tag.leader')).to_be_visible()
+    assert list_loads == [], list_loads
     page.screenshot(path=str(screenshot_path(tmp_path, "failover.png")), full_page=True)
 
     # the home node comes back: the page fails back to it on its own
