@@ -49,7 +49,7 @@ class HttpResult:
         return f"HttpResult(sent={self.sent}, status={self.status}, error={self.error!r})"
 
 
-def http_call(base_url: str, method: str, path: str, body=None,
+def http_call(base_url: str, method: str, path: str, body=None, headers: Optional[dict] = None,
               timeout: float = 3.0, connect_timeout: float = 1.0) -> HttpResult:
     """One request on a fresh connection. Distinguishes 'never sent' (connect failed) from
     'sent, answer unknown' (reset or timeout after sending)."""
@@ -60,23 +60,21 @@ def http_call(base_url: str, method: str, path: str, body=None,
         try:
             conn.connect()
         except OSError as e:
-            return HttpResult(False, error=f"connect: {type(e).__name__}",
-                              elapsed=time.monotonic() - t)
+            return HttpResult(False, error=f"connect: {type(e).__name__}", elapsed=time.monotonic() - t)
         conn.sock.settimeout(timeout)
-        headers = {"Connection": "close"}
+        all_headers = {"Connection": "close", **(headers or {})}
         data = None
         if body is not None:
             data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
+            all_headers["Content-Type"] = "application/json"
         try:
-            conn.request(method, path, body=data, headers=headers)
+            conn.request(method, path, body=data, headers=all_headers)
             resp = conn.getresponse()
             raw = resp.read()
         except socket.timeout:
             return HttpResult(True, error="timeout", elapsed=time.monotonic() - t)
         except (OSError, http.client.HTTPException) as e:
-            return HttpResult(True, error=f"{type(e).__name__}: {e}"[:120],
-                              elapsed=time.monotonic() - t)
+            return HttpResult(True, error=f"{type(e).__name__}: {e}"[:120], elapsed=time.monotonic() - t)
         try:
             parsed = json.loads(raw) if raw else None
         except ValueError:

@@ -41,16 +41,13 @@ alike, so the checkers compare exact contents without megabytes per history line
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import random
-import socket
 import threading
 import time
 from typing import Optional
-from urllib.parse import urlsplit
 
-from .cluster import HttpResult
+from .cluster import HttpResult, http_call
 from .history import FAIL, OK, UNKNOWN, History, Op
 
 # (name, weight)
@@ -101,41 +98,6 @@ def filler(tag: str, length: int) -> str:
 def max_set_value_length(key: str) -> int:
     """The value length that makes ``http_call``'s body for /set exactly MAX_BODY bytes."""
     return MAX_BODY - len(json.dumps({"key": key, "value": ""}))
-
-
-def http_call(base_url: str, method: str, path: str, body=None, headers: Optional[dict] = None,
-              timeout: float = 3.0, connect_timeout: float = 1.0) -> HttpResult:
-    """cluster.http_call with request headers: one request on a fresh connection, telling
-    'never sent' (connect failed) from 'sent, answer unknown' (reset or timeout after sending)."""
-    u = urlsplit(base_url)
-    t = time.monotonic()
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=connect_timeout)
-    try:
-        try:
-            conn.connect()
-        except OSError as e:
-            return HttpResult(False, error=f"connect: {type(e).__name__}", elapsed=time.monotonic() - t)
-        conn.sock.settimeout(timeout)
-        all_headers = {"Connection": "close", **(headers or {})}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            all_headers["Content-Type"] = "application/json"
-        try:
-            conn.request(method, path, body=data, headers=all_headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-        except socket.timeout:
-            return HttpResult(True, error="timeout", elapsed=time.monotonic() - t)
-        except (OSError, http.client.HTTPException) as e:
-            return HttpResult(True, error=f"{type(e).__name__}: {e}"[:120], elapsed=time.monotonic() - t)
-        try:
-            parsed = json.loads(raw) if raw else None
-        except ValueError:
-            parsed = raw.decode("utf-8", "replace")[:300]
-        return HttpResult(True, resp.status, parsed, elapsed=time.monotonic() - t)
-    finally:
-        conn.close()
 
 
 def definite(res: HttpResult) -> bool:
