@@ -11,8 +11,7 @@ from urllib.parse import urlsplit
 
 from api_common import BadRequest, ctx, forward, json_object, json_response
 from auth import open_route, requires
-from cluster_manager import NODE_ID
-from node_cli import valid_peer_url
+from cluster_manager import NODE_ID, valid_peer_url
 
 bp = Blueprint("cluster", __name__)
 
@@ -105,8 +104,9 @@ def list_members():
 def add_member():
     body = json_object()
     url, node_id, learner = body.get("url"), body.get("id"), body.get("learner", False)
-    if not isinstance(url, str) or not valid_peer_url(url.rstrip("/")):
-        raise BadRequest("'url' must be a URL like http://HOST:PORT")
+    scheme = urlsplit(ctx().node.url).scheme  # every member speaks what this node speaks (https with TLS)
+    if not isinstance(url, str) or not valid_peer_url(url.rstrip("/"), scheme):
+        raise BadRequest(f"'url' must be a URL like {scheme}://HOST:PORT")
     url = url.rstrip("/")
     if node_id is None:
         node_id = urlsplit(url).netloc

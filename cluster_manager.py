@@ -55,6 +55,18 @@ NODE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 PROMOTE_GAP = 1000  # a learner this close to the leader's last index is caught up enough to vote
 
 
+def valid_peer_url(url: str, scheme: str = "http") -> bool:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        return False
+    # A node's URL is exactly SCHEME://HOST:PORT (https with --tls-cert): anything after it would never match.
+    return (parts.scheme == scheme and bool(parts.hostname) and port is not None and 0 < port
+            and not (parts.path or parts.query or parts.fragment or parts.username or parts.password)
+            and "#" not in url and "?" not in url)  # an empty query or fragment too
+
+
 def default_id(url: str) -> str:
     """A node's id when none is given: "<host>:<port>" of its URL."""
     return urlsplit(url).netloc

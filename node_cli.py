@@ -8,7 +8,6 @@ import ipaddress
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -18,6 +17,7 @@ from urllib.parse import urlsplit
 import auth
 import logs
 import tls
+from cluster_manager import NODE_ID, valid_peer_url
 from http_server import HTTPServer, Limits
 
 DEFAULT_PORTS = (4000, 4001, 4002)
@@ -25,7 +25,6 @@ LIMITS = Limits()
 SERVER_THREADS = LIMITS.client_threads
 CONNECTION_LIMIT = LIMITS.client_connections
 SNAPSHOT_PATH = "/raft/snapshot"
-NODE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 def is_loopback(host: str) -> bool:
@@ -128,18 +127,6 @@ def parse_args(argv, default_port: int):
     if not is_loopback(args.host) and not args.cluster_secret:
         p.error("refusing to listen on a non-loopback address without --cluster-secret")
     return args
-
-
-def valid_peer_url(url: str, scheme: str = "http") -> bool:
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:  # not a number, or out of range
-        return False
-    # A node's URL is exactly SCHEME://HOST:PORT (https with --tls-cert): anything after it would never match.
-    return (parts.scheme == scheme and bool(parts.hostname) and port is not None and 0 < port
-            and not (parts.path or parts.query or parts.fragment or parts.username or parts.password)
-            and "#" not in url and "?" not in url)  # an empty query or fragment too
 
 
 def secret_problem(secret: str) -> str | None:

@@ -10,7 +10,7 @@ from playwright.sync_api import expect
 
 from auth import create_token
 from dashboard_helpers import open_dashboard, task_row
-from harness import Cluster, NodeProc
+from harness import Cluster, NodeProc, free_ports
 
 pytestmark = pytest.mark.browser
 
@@ -156,6 +156,12 @@ def test_the_dashboard_works_over_https(tmp_path, browser):
         r = requests.post(f"{follower}/tasks", json={"title": "Streamed over HTTPS"}, verify=ca, timeout=10)
         assert r.status_code == 201, r.text
         expect(task_row(page, "Streamed over HTTPS")).to_be_visible(timeout=3000)
+        # A node joins over HTTPS (its --join request and the members' URLs are https) and shows up.
+        joiner = TLSNode(c, 3, free_ports(1)[0], join=[follower])
+        c.nodes.append(joiner)
+        joiner.start()
+        row = page.locator(f'#cluster-body tr[data-node="{joiner.url}"]')
+        expect(row.locator("td[data-label=Member]")).to_have_text("voter", timeout=15_000)
     finally:
         context.close()
         c.stop()
