@@ -126,6 +126,7 @@ class TLSNode(NodeProc):
     def __init__(self, cluster, index, port, join=None):
         super().__init__(cluster, index, port, join)
         self.url = f"https://127.0.0.1:{port}"
+        self.session.trust_env = False  # else $REQUESTS_CA_BUNDLE would replace the test CA
         self.session.verify = cluster.certs["ca"]
 
     def command(self):
