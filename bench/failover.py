@@ -1,14 +1,15 @@
 """A steady write load for the failover benchmark: closed-loop clients that record every request.
 
 Each client POSTs /tasks in a loop to one node; on an error (connection refused or reset,
-a 503 while there is no leader, a timeout) it moves to the next node and retries after
-RETRY_DELAY seconds. Every request is recorded as (sent, done, ok) on the monotonic clock,
+a 503 while there is no leader, a timeout) it moves to the next node and retries the same write
+(same Idempotency-Key, so it is applied once) after RETRY_DELAY seconds. Every request is recorded as (sent, done, ok) on the monotonic clock,
 so unavailability is measured from the requests themselves, not from /status polling.
 """
 from __future__ import annotations
 
 import threading
 import time
+import uuid
 
 import requests
 
@@ -38,10 +39,12 @@ class WriteLoad:
     def _client(self, i: int) -> None:
         session = requests.Session()
         node = i % len(self.urls)
+        key = uuid.uuid4().hex
         while not self._stop.is_set():
             sent = time.monotonic()
             try:
-                r = session.post(self.urls[node] + "/tasks", data=BODY, headers=HEADERS, timeout=self.timeout)
+                r = session.post(self.urls[node] + "/tasks", data=BODY, timeout=self.timeout,
+                                 headers={**HEADERS, "Idempotency-Key": key})
                 ok = r.status_code == 201
             except requests.RequestException:
                 ok = False
@@ -49,7 +52,9 @@ class WriteLoad:
                 session = requests.Session()
             done = time.monotonic()
             self.records.append((sent, done, ok))
-            if not ok:
+            if ok:
+                key = uuid.uuid4().hex
+            else:
                 node = (node + 1) % len(self.urls)
                 self._stop.wait(RETRY_DELAY)
 

@@ -1,6 +1,7 @@
 """Shared helpers for the dashboard browser tests."""
 import os
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -55,20 +56,23 @@ class Api:
 
     def create(self, title, description="", node=None, completed=False):
         node = node or self.leader()
-        r = self._retry(lambda: self.s.post(f"{node}/tasks", timeout=5,
+        key = {"Idempotency-Key": uuid.uuid4().hex}  # a retry is applied once
+        r = self._retry(lambda: self.s.post(f"{node}/tasks", timeout=5, headers=key,
                                             json={"title": title, "description": description, "completed": completed}))
         assert r.status_code == 201, r.text
         return r.json()
 
     def update(self, task_id, node=None, **fields):
         node = node or self.leader()
-        r = self._retry(lambda: self.s.put(f"{node}/tasks/{task_id}", json=fields, timeout=5))
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        r = self._retry(lambda: self.s.put(f"{node}/tasks/{task_id}", json=fields, timeout=5, headers=key))
         assert r.status_code == 200, r.text
         return r.json()
 
     def delete(self, task_id, node=None):
         node = node or self.leader()
-        r = self._retry(lambda: self.s.delete(f"{node}/tasks/{task_id}", timeout=5))
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        r = self._retry(lambda: self.s.delete(f"{node}/tasks/{task_id}", timeout=5, headers=key))
         assert r.status_code in (200, 404), r.text
 
     def get(self, task_id, node=None):

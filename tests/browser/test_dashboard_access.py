@@ -120,6 +120,19 @@ def test_the_panel_and_failover_targets_follow_the_membership(own_cluster, page)
     expect(page.locator("#cluster-body tr")).to_have_count(3)
 
 
+def test_a_node_started_with_another_peer_list_is_pointed_out(own_cluster, page):
+    leader = own_cluster.wait_for_leader(15)
+    victim = next(n for n in own_cluster.nodes if n.url != leader)
+    victim.stop()
+    victim.extra_args = ["--peers", ",".join(victim.peers + ["http://127.0.0.1:1"])]  # the last --peers wins
+    victim.start()
+    open_dashboard(page, leader)
+    warning = page.locator("#cluster-warning")
+    expect(warning).to_contain_text(f"{victim.id} was started with a --peers list that differs")
+    expect(warning).to_contain_text("only in --peers: 127.0.0.1:1=http://127.0.0.1:1")
+    expect(page.locator("#cluster-body tr")).to_have_count(3)  # the configuration in the log is kept
+
+
 class TLSNode(NodeProc):
     """A node serving HTTPS, with mutual TLS to its peers."""
 
