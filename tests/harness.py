@@ -5,6 +5,7 @@ Every wait polls with a deadline; nothing sleeps to hide a race.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,15 +18,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NODE_SCRIPT = os.path.join(ROOT, "demo_follower.py")
 
 
+# Test ports come from below the kernel's ephemeral range (32768 and up by default): a port the
+# kernel hands out (bind to port 0) can be taken by any outgoing connection before the node that
+# was given it binds it ("Address already in use"); ports from here are never handed out that way.
+TEST_PORTS = range(10000, 20000)
+
+
 def free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
+    """n distinct ports free on 127.0.0.1 right now, from TEST_PORTS."""
+    pick = random.SystemRandom()
+    ports: list[int] = []
+    while len(ports) < n:
+        port = pick.choice(TEST_PORTS)
+        if port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
     return ports
 
 

@@ -55,6 +55,8 @@ def test_sign_in_stream_and_sign_out_with_tokens(token_cluster, page):
     page.goto(leader + "/")
     signin = page.locator("#signin")
     expect(signin).to_be_visible()  # the API answered 401
+    page.evaluate("window.pickleDashboard.check()")  # one more health check, awaited, while signed out
+    expect(page.locator("#failover-banner")).to_be_hidden()  # a node asking for a token is not down
     expect(task_row(page, "Behind a token")).to_have_count(0)
     sign_in(page, "not-a-token")
     expect(page.locator("#signin-error")).to_contain_text("refused")
