@@ -390,8 +390,7 @@ class Simulation:
 
     # ------------------------------------------------------------- network
     def send(self, msg: dict) -> None:
-        link = (msg["from"], msg["to"])
-        if link in self.cut or self.broken.get(link, 0.0) > self.now or self.rng.random() < self.p_drop:
+        if self.unreachable(msg["from"], msg["to"]) or self.rng.random() < self.p_drop:
             if msg["type"] == SNAP_REQ:  # the runtime's sender reports a snapshot it failed to deliver
                 self.msg_seq += 1
                 report = {"type": "snapshot_failed", "to": msg["from"], "peer": msg["to"]}
@@ -593,6 +592,10 @@ class Simulation:
                 self.reads[self.next_cmd] = self.max_acked
                 node.core.read_index(self.next_cmd)
 
+    def unreachable(self, a: str, b: str) -> bool:
+        """Whether the network drops everything from `a` to `b` (an operator sees `b` as dead)."""
+        return (a, b) in self.cut or self.broken.get((a, b), 0.0) > self.now
+
     def membership_step(self) -> None:
         """One membership change or leadership transfer at the leader, now and then: add a
         learner (a new, empty node), promote one, remove a voter (the leader too) or a learner
@@ -628,6 +631,8 @@ class Simulation:
                          "remove_learner", "transfer", "transfer_any"])
         if learners and rng.random() < 0.4:
             op = rng.choice(["promote", "promote", "remove_learner"])
+        if fresh and rng.random() < 0.5:
+            op = "remove_down"  # a leader is often new because nodes failed: they get removed
         if op in ("add", "readd") and outsiders and rng.random() < 0.7:
             op, new_id = "readd", rng.choice(outsiders)
         elif op in ("add", "readd") and len(self.nodes) < self.max_nodes:
@@ -643,7 +648,7 @@ class Simulation:
             members = [dict(m, role="voter") if m["id"] == target else m for m in members]
         elif op in ("remove", "remove_leader", "remove_down", "remove_learner"):
             pool = {"remove": voters, "remove_leader": [node.id], "remove_learner": learners,
-                    "remove_down": [i for i in ids if not self.nodes[i].up]}[op]
+                    "remove_down": [i for i in ids if not self.nodes[i].up or self.unreachable(node.id, i)]}[op]
             if not pool:
                 return
             target = rng.choice(pool)
