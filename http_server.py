@@ -249,6 +249,7 @@ class _Channel(HTTPChannel):
     def answer_and_close(self, status: int, message: str, linger: bool, extra_headers: tuple = ()):
         """Answer a request the server gives up on (no task runs on this connection)."""
         data = error_response(status, message, extra_headers)
+        self.start_send_clock()
         with self.outbuf_lock:
             self.outbufs[-1].append(data)
             self.total_outbufs_len += len(data)
@@ -290,7 +291,18 @@ class _Channel(HTTPChannel):
             self.answer_and_close(408, f"the request body arrives slower than {limits.min_body_rate:g} bytes/s",
                                   linger=True)
 
+    def start_send_clock(self) -> None:
+        """send_timeout counts from when there is output to send: waitress's last_activity may
+        still be the request's arrival, and a request can wait in the queue longer than that."""
+        if not self.total_outbufs_len:
+            self.last_activity = time.time()
+
     # --------------------------------------------------------------- worker threads
+    def write_soon(self, data):
+        if data:
+            self.start_send_clock()  # before the data is queued: the I/O thread checks in between
+        return super().write_soon(data)
+
     def service(self):
         try:
             super().service()

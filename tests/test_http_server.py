@@ -246,6 +246,21 @@ def test_a_client_that_does_not_read_its_answer_releases_the_thread(serve):
         assert status == 200 and json.loads(body)["path"] == "/next"
 
 
+def test_an_answer_to_a_request_that_queued_longer_than_send_timeout_is_sent(serve):
+    """The send clock starts when the answer is queued, not when the request arrived (one CI run
+    lost an answer this way: its request had waited behind a stalled client)."""
+    server, app = serve(send_timeout=1)
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        wait_for(lambda: len(server.channels()) == 1, 5, "the connection to be accepted")
+        channel = server.channels()[0]
+        channel.last_activity = time.time() - 5  # as after waiting 5 s in the queue for a worker
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        channel.write_soon(answer)  # what a worker does; then the I/O thread's deadline check
+        channel.check_deadlines(time.monotonic(), time.time())
+        sock.settimeout(5)
+        assert sock.recv(1024) == answer
+
+
 def test_a_flood_of_waiting_clients_evicts_the_longest_waiting_never_peers_or_running_requests(serve):
     server, app = serve(client_connections=20, client_threads=4)
     port = server.port
