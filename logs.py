@@ -42,33 +42,26 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return value
+def int_at_least(minimum: int):
+    """An argparse type: an integer no smaller than `minimum`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is not at least {minimum}")
+        return value
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("logging")
     group.add_argument("--log-file", metavar="PATH", default=None,
                        help="write log lines to PATH, rotated by size (default: stderr)")
-    group.add_argument("--log-max-bytes", metavar="N", type=positive_int, default=DEFAULT_MAX_BYTES,
+    group.add_argument("--log-max-bytes", metavar="N", type=int_at_least(1), default=DEFAULT_MAX_BYTES,
                        help=f"rotate --log-file when it reaches N bytes (default {DEFAULT_MAX_BYTES})")
-    group.add_argument("--log-backups", metavar="N", type=non_negative_int, default=DEFAULT_BACKUPS,
+    group.add_argument("--log-backups", metavar="N", type=int_at_least(0), default=DEFAULT_BACKUPS,
                        help=f"rotated files to keep, PATH.1 ... PATH.N; 0 truncates instead "
                             f"(default {DEFAULT_BACKUPS})")
     group.add_argument("--log-format", choices=("text", "json"), default="text",

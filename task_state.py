@@ -99,22 +99,18 @@ class TaskStateMachine:
             self._record(index, {"op": "create", "id": task["id"], "task": task})
             return 201, task
         if op == "update":
-            old = self.tasks.get(command["id"])
-            if "if_match" in command and not version_matches(command["if_match"], old):
-                return precondition_failed(command["id"], old)
-            if old is None:
-                return 404, {"error": "not_found", "message": f"task {command['id']} does not exist"}
+            old, refusal = self._current(command)
+            if refusal is not None:
+                return refusal
             new = {**old, **command["fields"], "updated_at": command["updated_at"],
                    "version": old["version"] + 1}
             self.tasks[command["id"]] = new
             self._record(index, {"op": "update", "id": new["id"], "task": new})
             return 200, new
         if op == "delete":
-            old = self.tasks.get(command["id"])
-            if "if_match" in command and not version_matches(command["if_match"], old):
-                return precondition_failed(command["id"], old)
-            if old is None:
-                return 404, {"error": "not_found", "message": f"task {command['id']} does not exist"}
+            _, refusal = self._current(command)
+            if refusal is not None:
+                return refusal
             del self.tasks[command["id"]]
             self._record(index, {"op": "delete", "id": command["id"]})
             return 200, {"deleted": command["id"]}
@@ -123,6 +119,16 @@ class TaskStateMachine:
             self._record(index, {"op": "set", "key": command["key"]})
             return 200, {"key": command["key"], "value": command["value"]}
         return 200, None  # noop
+
+    def _current(self, command: dict) -> tuple[dict | None, tuple[int, dict] | None]:
+        """The task an update or delete names, or the answer refusing it (If-Match first, so a
+        conditional write on a deleted task is 412 with current null, not 404)."""
+        task = self.tasks.get(command["id"])
+        if "if_match" in command and not version_matches(command["if_match"], task):
+            return task, precondition_failed(command["id"], task)
+        if task is None:
+            return None, (404, {"error": "not_found", "message": f"task {command['id']} does not exist"})
+        return task, None
 
     def _record(self, index: int, change: dict) -> None:
         change["index"] = index

@@ -1,4 +1,6 @@
 """Every endpoint and every bad-input class, through Flask's test client on a real node."""
+import contextlib
+
 import pytest
 from flask.testing import FlaskClient
 
@@ -32,6 +34,24 @@ def make_node(tmp_path, peers=(), secret=None):
                            heartbeat_interval=0.05, election_timeout=0.2, cluster_secret=secret))
     node.start()
     return node
+
+
+def snapshotting_config(tmp_path, snapshot_every=5) -> NodeConfig:
+    """A single node that snapshots and compacts its log every few entries; start it with
+    running_node(), again with the same config to restart it on the same data."""
+    return NodeConfig(port=free_ports(1)[0], data_dir=str(tmp_path / "n"), heartbeat_interval=0.05,
+                      election_timeout=0.2, snapshot_every=snapshot_every)
+
+
+@contextlib.contextmanager
+def running_node(config: NodeConfig):
+    node = Node(config)
+    node.start()
+    try:
+        wait_for(lambda: node.status()["is_leader"], 5, "single node to lead")
+        yield node
+    finally:
+        node.stop()
 
 
 @pytest.fixture

@@ -6,10 +6,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from cluster_manager import Node, NodeConfig
 from harness import Cluster, wait_for
 from storage import Storage
-from test_api import api_client, assert_error, client, node  # noqa: F401 (fixtures)
+from test_api import api_client, assert_error, client, node, running_node, snapshotting_config  # noqa: F401
 
 
 def test_a_repeat_gets_the_first_answer(client):
@@ -69,32 +68,21 @@ def test_repeats_in_flight_together_apply_once(client):
 
 
 def test_the_key_table_survives_a_restart_from_a_snapshot(tmp_path):
-    config = NodeConfig(port=24090, data_dir=str(tmp_path / "n"), heartbeat_interval=0.05,
-                        election_timeout=0.2, snapshot_every=5)
-    node = Node(config)
-    node.start()
-    try:
-        wait_for(lambda: node.status()["is_leader"], 5, "single node to lead")
+    config = snapshotting_config(tmp_path)
+    with running_node(config) as node:
         c = api_client(node)
         first = c.post("/tasks", json={"title": "kept"}, headers={"Idempotency-Key": "snap"})
         for i in range(8):
             c.post("/set", json={"key": "k", "value": i})
         wait_for(lambda: node.status()["snapshot_index"] >= 5, 5, "a snapshot and compaction")
-    finally:
-        node.stop()
     storage = Storage(config.data_dir)
     state, _ = storage.load()
     storage.close()
     assert "snap" in state["idempotency"]["keys"]  # in the snapshot, not only replayed from the log
-    node = Node(config)
-    node.start()
-    try:
-        wait_for(lambda: node.status()["is_leader"], 5, "the restarted node to lead")
+    with running_node(config) as node:
         again = api_client(node).post("/tasks", json={"title": "kept"}, headers={"Idempotency-Key": "snap"})
         assert again.status_code == 201 and again.get_json() == first.get_json()
         assert len(node.state.tasks) == 1
-    finally:
-        node.stop()
 
 
 def post(url, path, body, key, timeout=3.0):

@@ -5,40 +5,9 @@ import pytest
 import requests
 
 from api_common import ctx
-from api_server import create_app
 from auth import OPEN, permission_of
-from harness import Cluster, free_ports, wait_for
-from test_api import NodeClient, assert_error, make_node
-
-
-def ops_client(node) -> NodeClient:
-    app = create_app(node)
-    app.test_client_class = NodeClient
-    client = app.test_client()
-    client.node_url = node.url
-    return client
-
-
-@pytest.fixture
-def node(tmp_path):
-    n = make_node(tmp_path)
-    wait_for(lambda: n.status()["is_leader"], 5, "single node to lead")
-    yield n
-    n.stop()
-
-
-@pytest.fixture
-def client(node):
-    return ops_client(node)
-
-
-@pytest.fixture
-def leaderless(tmp_path):
-    """A node whose peers never answer: it can never win an election."""
-    a, b = free_ports(2)
-    n = make_node(tmp_path, peers=[f"http://127.0.0.1:{a}", f"http://127.0.0.1:{b}"])
-    yield ops_client(n)
-    n.stop()
+from harness import Cluster, wait_for
+from test_api import api_client, assert_error, client, leaderless, node  # noqa: F401 (fixtures)
 
 
 def test_livez_and_readyz_on_a_leader(client):
@@ -63,7 +32,7 @@ def test_readyz_without_a_leader_says_why_and_noleader_relaxes_it(leaderless):
 def test_readyz_is_catching_up_while_behind_the_leaders_commit(node):
     """The leader's commit index as last heard (status `leader_commit`) ahead of what is applied:
     the state a follower is in while it catches up."""
-    client = ops_client(node)
+    client = api_client(node)
     real_status = node.status
 
     def behind():

@@ -6,10 +6,9 @@ import time
 import orjson
 import requests
 
-from cluster_manager import Node, NodeConfig
 from harness import Cluster, wait_for
 from storage import Storage
-from test_api import api_client, assert_error, client, node  # noqa: F401 (fixtures)
+from test_api import api_client, assert_error, client, node, running_node, snapshotting_config  # noqa: F401
 
 
 def parse(text: str) -> list[dict]:
@@ -173,30 +172,20 @@ def test_a_watch_resumed_on_another_node_sees_every_write_once(tmp_path):
 
 
 def test_after_a_restart_the_feed_is_the_log_since_the_snapshot(tmp_path):
-    config = NodeConfig(port=24091, data_dir=str(tmp_path / "n"), heartbeat_interval=0.05,
-                        election_timeout=0.2, snapshot_every=5)
-    node = Node(config)
-    node.start()
-    try:
-        wait_for(lambda: node.status()["is_leader"], 5, "single node to lead")
+    config = snapshotting_config(tmp_path)
+    with running_node(config) as node:
         c = api_client(node)
         for i in range(7):
             c.post("/set", json={"key": "k", "value": i})  # changes at 2..8: one snapshot, at 5 to 8
         wait_for(lambda: node.status()["snapshot_index"] >= 5, 5, "a snapshot and compaction")
-    finally:
-        node.stop()
     storage = Storage(config.data_dir)
     storage.load()
     snap = storage.snapshot_meta["index"]
     assert 5 <= snap < 8  # one write at a time: the snapshot is taken at 5, and 6..8 are in the log
     storage.close()
-    node = Node(config)
-    node.start()
-    try:
-        wait_for(lambda: node.status()["is_leader"] and node.status()["applied_index"] >= 9, 5, "the replay")
+    with running_node(config) as node:
+        wait_for(lambda: node.status()["applied_index"] >= 9, 5, "the replay")
         c = api_client(node)
         assert read_events(c, f"/events?since={snap - 1}", 1)[0]["event"] == "reset"
         replayed = [e["id"] for e in read_events(c, f"/events?since={snap}", 9 - snap) if e["event"] == "change"]
         assert replayed == list(range(snap + 1, 9))  # 9 is the restarted leader's no-op
-    finally:
-        node.stop()
