@@ -12,17 +12,24 @@ runtime (cluster_manager.py):
     with self.metrics.snapshot_seconds.time():                     # around save_snapshot()
 
 and the HTTP metrics by a WSGI middleware (`instrument(app)`), labelled by the Flask url rule
-(never the raw path, so the label values stay bounded) and outside the node-to-node routes.
+(never the raw path, so the label values stay bounded) and outside the node-to-node routes; the
+request threads queue their observations, which are folded into the metrics in batches and
+before every scrape (NodeMetrics.observe_request).
 """
 from __future__ import annotations
 
+import bisect
+import itertools
+import threading
 import time
+from collections import deque
 from typing import Callable
 
-from flask import request
+from flask import Request, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import GaugeMetricFamily
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from storage import AppendFile, FileSystem
 
@@ -32,7 +39,10 @@ REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 SNAPSHOT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others: "other"
 UNMATCHED = "unmatched"  # the route label of a request no url rule matched (404, 405)
-ROUTE_KEY = "pickledb.route"  # environ key the url rule is passed in, from Flask to the middleware
+FOLD_EVERY = 1024  # queued request observations that one request thread then folds into the metrics
+# environ keys in which Flask's request and response pass the url rule, the status and whether the
+# answer is an event stream to the middleware
+ROUTE_KEY, STATUS_KEY, STREAM_KEY = "pickledb.route", "pickledb.status", "pickledb.event_stream"
 
 
 class TimedAppendFile(AppendFile):
@@ -96,35 +106,106 @@ class RaftCollector:
         yield lag
 
 
+def histogram_buckets(bounds: tuple, counts: list) -> list[tuple[str, float]]:
+    """Prometheus' cumulative (le, count) pairs from per-bucket counts (+Inf last)."""
+    return list(zip([floatToGoString(b) for b in bounds] + ["+Inf"], itertools.accumulate(counts)))
+
+
+class SingleWriterHistogram:
+    """A histogram observed by one thread only, the raft loop's (WAL writes happen there), so
+    without prometheus-client's lock per observation: every commit waits for that thread. A
+    scrape copies the counts; it may see one observation in the buckets and not yet in the sum."""
+
+    def __init__(self, name: str, documentation: str, bounds: tuple):
+        self.name, self.documentation, self.bounds = name, documentation, bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # the first bound >= value
+        self.sum += value
+
+    def collect(self):
+        buckets = histogram_buckets(self.bounds, list(self.counts))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=self.sum)
+
+
+class RequestStats:
+    """pickledb_http_requests_total and pickledb_http_request_seconds, counted here rather than
+    in prometheus-client's Counter and Histogram: those take a lock per observation (three per
+    request), and with 48 request threads contending that cost 4-6% of 3-node write throughput
+    in bench/ops.py. A request thread only appends to a queue (deque.append needs no lock); the
+    queue is folded into plain counts in batches, by one thread at a time, and before a scrape."""
+
+    def __init__(self):
+        self._pending: deque = deque()
+        self._lock = threading.Lock()
+        self._counts: dict[tuple, int] = {}  # (route, method, status) -> requests
+        self._latency: dict[str, list] = {}  # route -> [requests per bucket (+Inf last), sum of seconds]
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        pending = self._pending
+        pending.append((route, method, status, seconds))
+        if len(pending) >= FOLD_EVERY and self._lock.acquire(blocking=False):
+            try:
+                self._fold()
+            finally:
+                self._lock.release()
+
+    def _fold(self) -> None:
+        """Move the queued observations into the counts (the caller holds _lock)."""
+        pending, counts, latency = self._pending, self._counts, self._latency
+        for _ in range(len(pending)):
+            route, method, status, seconds = pending.popleft()
+            key = (route, method if method in METHODS else "other", status)
+            counts[key] = counts.get(key, 0) + 1
+            per_route = latency.get(route)
+            if per_route is None:
+                per_route = latency[route] = [[0] * (len(REQUEST_BUCKETS) + 1), 0.0]
+            per_route[0][bisect.bisect_left(REQUEST_BUCKETS, seconds)] += 1  # the first bound >= seconds
+            per_route[1] += seconds
+
+    def collect(self):
+        with self._lock:
+            self._fold()  # every request answered so far is counted
+            counts = sorted(self._counts.items())
+            latency = sorted((route, list(buckets), total) for route, (buckets, total) in self._latency.items())
+        requests = CounterMetricFamily("pickledb_http_requests", "Client HTTP requests answered, by route "
+                                       "(Flask url rule), method and status.", labels=["route", "method", "status"])
+        for (route, method, status), n in counts:
+            requests.add_metric([route, method, str(status)], n)
+        yield requests
+        seconds = HistogramMetricFamily("pickledb_http_request_seconds", "Time from receiving a client request "
+                                        "until its response starts.", labels=["route"])
+        for route, buckets, total in latency:
+            seconds.add_metric([route], histogram_buckets(REQUEST_BUCKETS, buckets), sum_value=total)
+        yield seconds
+
+
 class NodeMetrics:
     def __init__(self, node):
         """`node` gives status() and its RaftCore, read at scrape time only."""
         self.registry = CollectorRegistry()
         self.registry.register(RaftCollector(node))
-        self.fsync_seconds = Histogram(
+        self.fsync_seconds = SingleWriterHistogram(
             "pickledb_wal_fsync_seconds", "Time of each fsync of the write-ahead log (one per batch of writes).",
-            buckets=FSYNC_BUCKETS, registry=self.registry)
-        self.append_batch_entries = Histogram(
+            FSYNC_BUCKETS)
+        self.append_batch_entries = SingleWriterHistogram(
             "pickledb_append_batch_entries", "Log entries written to the WAL with one fsync (group commit size).",
-            buckets=BATCH_BUCKETS, registry=self.registry)
+            BATCH_BUCKETS)
+        self.registry.register(self.fsync_seconds)
+        self.registry.register(self.append_batch_entries)
         self.snapshot_seconds = Histogram(
             "pickledb_snapshot_seconds", "Time to write a snapshot of the state machine (encode, write, fsync).",
             buckets=SNAPSHOT_BUCKETS, registry=self.registry)
         self.leader_changes = Counter(
             "pickledb_raft_leader_changes", "Leader changes this node has seen (the first leader it learns of "
             "counts too).", registry=self.registry)
-        self.http_requests = Counter(
-            "pickledb_http_requests", "Client HTTP requests answered, by route (Flask url rule), method and status.",
-            ["route", "method", "status"], registry=self.registry)
-        self.http_request_seconds = Histogram(
-            "pickledb_http_request_seconds", "Time from receiving a client request until its response starts.",
-            ["route"], buckets=REQUEST_BUCKETS, registry=self.registry)
+        self.requests = RequestStats()
+        self.registry.register(self.requests)
         self.event_streams = Gauge("pickledb_event_streams", "Event streams (text/event-stream) open now.",
                                    registry=self.registry)
         self._leader: str | None = None
-        # Labelled children by label values: labels() takes a lock and builds a key on every call.
-        self._request_children: dict[tuple, Counter] = {}
-        self._seconds_children: dict[str, Histogram] = {}
 
     # ------------------------------------------------------------- runtime hooks
     def wal_fs(self) -> FileSystem:
@@ -144,19 +225,9 @@ class NodeMetrics:
     def instrument(self, app) -> None:
         """Count and time every request `app` (a Flask app) serves. Call it before the node-to-node
         routes are put in front of app.wsgi_app, so Raft traffic is not measured."""
-        app.teardown_request(note_route)
+        app.request_class = RouteNotingRequest
+        app.response_class = StatusNotingResponse  # Flask makes every response one of these
         app.wsgi_app = HttpMetrics(app.wsgi_app, self)
-
-    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method if method in METHODS else "other", status)
-        counter = self._request_children.get(key)
-        if counter is None:
-            counter = self._request_children[key] = self.http_requests.labels(*key)
-        counter.inc()
-        histogram = self._seconds_children.get(route)
-        if histogram is None:
-            histogram = self._seconds_children[route] = self.http_request_seconds.labels(route)
-        histogram.observe(seconds)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition in the format the scraper asks for (Prometheus text by default)."""
@@ -164,36 +235,46 @@ class NodeMetrics:
         return encode(self.registry), content_type
 
 
-def note_route(_exc) -> None:
-    """Flask teardown hook: hands the matched url rule to the middleware (Flask has dropped the
-    request object by the time the middleware sees the response)."""
-    rule = request.url_rule
-    request.environ[ROUTE_KEY] = rule.rule if rule is not None else UNMATCHED
+class RouteNotingRequest(Request):
+    """Flask's request, also leaving the url rule Flask matched in the WSGI environ, where the
+    middleware finds it after Flask has dropped the request (a teardown hook and the request
+    proxy cost more)."""
+
+    @property
+    def url_rule(self):
+        return self.__dict__.get("matched_rule")
+
+    @url_rule.setter
+    def url_rule(self, rule) -> None:
+        self.__dict__["matched_rule"] = rule
+        self.environ[ROUTE_KEY] = rule.rule if rule is not None else UNMATCHED
+
+
+class StatusNotingResponse(Response):
+    """Flask's response, also leaving its status, and whether it is an event stream, in the WSGI
+    environ (wrapping start_response to read them cost more)."""
+
+    def __call__(self, environ, start_response):
+        environ[STATUS_KEY] = self.status_code
+        if self.is_streamed and self.mimetype == "text/event-stream":
+            environ[STREAM_KEY] = True
+        return super().__call__(environ, start_response)
 
 
 class HttpMetrics:
-    """WSGI middleware: counts and times each request; counts open event streams."""
+    """WSGI middleware: counts and times each request; counts open event streams. Per-request
+    work here is write-path cost (bench/ops.py): it is kept to two clock reads and one append."""
 
     def __init__(self, wsgi_app, metrics: NodeMetrics):
         self.wsgi_app, self.metrics = wsgi_app, metrics
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
-        answer = []
-
-        def start(status, headers, exc_info=None):
-            answer[:] = status, headers
-            return start_response(status, headers, exc_info)
-        body = self.wsgi_app(environ, start)
-        status, headers = answer  # Flask starts the response before it returns the body
-        method = environ.get("REQUEST_METHOD", "")
-        self.metrics.observe_request(environ.get(ROUTE_KEY, UNMATCHED), method, int(status[:3]),
-                                     time.perf_counter() - started)
-        for name, value in headers:  # a plain loop: this runs for every request
-            if name == "Content-Type":  # as Flask spells it
-                if value.startswith("text/event-stream") and method != "HEAD":
-                    return OpenStream(body, self.metrics.event_streams)
-                break
+        body = self.wsgi_app(environ, start_response)
+        self.metrics.requests.observe(environ.get(ROUTE_KEY, UNMATCHED), environ.get("REQUEST_METHOD", ""),
+                                      environ.get(STATUS_KEY, 500), time.perf_counter() - started)
+        if STREAM_KEY in environ:
+            return OpenStream(body, self.metrics.event_streams)
         return body
 
 

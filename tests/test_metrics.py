@@ -3,6 +3,7 @@ middleware's bounded labels, and the exposition and docs/ files checked by promt
 import os
 import shutil
 import subprocess
+import threading
 import time
 from types import SimpleNamespace
 
@@ -141,6 +142,33 @@ def test_http_requests_are_labelled_by_url_rule_with_bounded_values():
     assert value(s, "pickledb_http_request_seconds_count", route="/tasks/<task_id>") == 20
     routes = {dict(labels).get("route") for name, labels in s if name.startswith("pickledb_http_")}
     assert routes == {"/tasks/<task_id>", "unmatched"}  # no raw path ever becomes a label
+
+
+def test_request_counts_from_many_threads_are_exact_and_buckets_are_upper_inclusive():
+    """Request threads queue their observations without a lock and whoever finds the queue long
+    folds it: no observation may be lost or counted twice, whatever the interleaving."""
+    metrics = NodeMetrics(fake_node(status_view()))
+    threads, per_thread = 8, 5_000
+
+    def observe():
+        for i in range(per_thread):
+            metrics.requests.observe("/tasks", "POST", 201, 0.001 if i % 2 else 0.0011)
+    workers = [threading.Thread(target=observe) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    s = samples(metrics)
+    total = threads * per_thread
+    assert value(s, "pickledb_http_requests_total", route="/tasks", method="POST", status="201") == total
+    assert value(s, "pickledb_http_request_seconds_count", route="/tasks") == total
+    assert value(s, "pickledb_http_request_seconds_bucket", route="/tasks", le="0.001") == total / 2  # le: <=
+    assert value(s, "pickledb_http_request_seconds_bucket", route="/tasks", le="0.0025") == total
+    assert value(s, "pickledb_http_request_seconds_sum", route="/tasks") == pytest.approx(total / 2 * 0.0021)
+    metrics.requests.observe("/tasks", "POST", 201, 99.0)  # beyond the last bound
+    s = samples(metrics)
+    assert value(s, "pickledb_http_request_seconds_bucket", route="/tasks", le="10.0") == total
+    assert value(s, "pickledb_http_request_seconds_bucket", route="/tasks", le="+Inf") == total + 1
 
 
 def test_open_event_streams_are_counted_until_the_server_closes_them():
