@@ -38,3 +38,7 @@ def test_benchmark_suite_smoke(tmp_path):
     assert sc["restart"]["seconds"] > 0 and sc["memory"]["leader_mib_per_100k"] is not None
     assert sc["list"]["tasks_returned"] == 300
     assert {t["target"].split(" ")[0] for t in res["targets"]} >= {"3-node", "stale", "linearizable", "failover"}
+    # The metrics baseline really ran without metrics (bench/ops.py refuses to measure otherwise:
+    # an earlier version compared two clusters that both had them).
+    cost = res["ops"]["metrics_cost"]
+    assert cost["all_pairs"]["pairs"] >= 4 and cost["pairs_redone"] < cost["all_pairs"]["pairs"]
