@@ -96,4 +96,6 @@ def events():
     # The server closes every response it was given, even one whose body never started
     # (a generator's `finally` would not run then).
     response.call_on_close(c.stream_slots.release)
+    node.metrics.event_streams.inc()
+    response.call_on_close(node.metrics.event_streams.dec)
     return response

@@ -11,10 +11,11 @@ runtime (cluster_manager.py):
     self.metrics.saw_leader(core.leader_id)                        # _publish_status()
     with self.metrics.snapshot_seconds.time():                     # around save_snapshot()
 
-and the HTTP metrics by a WSGI middleware (`instrument(app)`), labelled by the Flask url rule
-(never the raw path, so the label values stay bounded) and outside the node-to-node routes; the
-request threads queue their observations, which are folded into the metrics in batches and
-before every scrape (NodeMetrics.observe_request).
+the open event streams by the events blueprint (api_events.py, beside its stream slots), and the
+HTTP metrics by a WSGI middleware (`instrument(app)`), labelled by the Flask url rule (never the
+raw path, so the label values stay bounded) and outside the node-to-node routes; the request
+threads queue their observations, which are folded into counts in batches and before every
+scrape (RequestStats).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import time
 from collections import deque
 from typing import Callable
 
-from flask import Request, Response
+from flask import Request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -40,9 +41,8 @@ SNAPSHOT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others: "other"
 UNMATCHED = "unmatched"  # the route label of a request no url rule matched (404, 405)
 FOLD_EVERY = 1024  # queued request observations that one request thread then folds into the metrics
-# environ keys in which Flask's request and response pass the url rule, the status and whether the
-# answer is an event stream to the middleware
-ROUTE_KEY, STATUS_KEY, STREAM_KEY = "pickledb.route", "pickledb.status", "pickledb.event_stream"
+# environ keys in which Flask's request and start_response pass the url rule and the status to the middleware
+ROUTE_KEY, STATUS_KEY = "pickledb.route", "pickledb.status"
 
 
 class TimedAppendFile(AppendFile):
@@ -143,7 +143,8 @@ class RequestStats:
         self._counts: dict[tuple, int] = {}  # (route, method, status) -> requests
         self._latency: dict[str, list] = {}  # route -> [requests per bucket (+Inf last), sum of seconds]
 
-    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+    def observe(self, route: str, method: str, status: str, seconds: float) -> None:
+        """`status` as the WSGI status line ("201 CREATED")."""
         pending = self._pending
         pending.append((route, method, status, seconds))
         if len(pending) >= FOLD_EVERY and self._lock.acquire(blocking=False):
@@ -157,7 +158,7 @@ class RequestStats:
         pending, counts, latency = self._pending, self._counts, self._latency
         for _ in range(len(pending)):
             route, method, status, seconds = pending.popleft()
-            key = (route, method if method in METHODS else "other", status)
+            key = (route, method if method in METHODS else "other", status[:3])
             counts[key] = counts.get(key, 0) + 1
             per_route = latency.get(route)
             if per_route is None:
@@ -173,7 +174,7 @@ class RequestStats:
         requests = CounterMetricFamily("pickledb_http_requests", "Client HTTP requests answered, by route "
                                        "(Flask url rule), method and status.", labels=["route", "method", "status"])
         for (route, method, status), n in counts:
-            requests.add_metric([route, method, str(status)], n)
+            requests.add_metric([route, method, status], n)
         yield requests
         seconds = HistogramMetricFamily("pickledb_http_request_seconds", "Time from receiving a client request "
                                         "until its response starts.", labels=["route"])
@@ -226,7 +227,6 @@ class NodeMetrics:
         """Count and time every request `app` (a Flask app) serves. Call it before the node-to-node
         routes are put in front of app.wsgi_app, so Raft traffic is not measured."""
         app.request_class = RouteNotingRequest
-        app.response_class = StatusNotingResponse  # Flask makes every response one of these
         app.wsgi_app = HttpMetrics(app.wsgi_app, self)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
@@ -250,48 +250,22 @@ class RouteNotingRequest(Request):
         self.environ[ROUTE_KEY] = rule.rule if rule is not None else UNMATCHED
 
 
-class StatusNotingResponse(Response):
-    """Flask's response, also leaving its status, and whether it is an event stream, in the WSGI
-    environ (wrapping start_response to read them cost more)."""
-
-    def __call__(self, environ, start_response):
-        environ[STATUS_KEY] = self.status_code
-        if self.is_streamed and self.mimetype == "text/event-stream":
-            environ[STREAM_KEY] = True
-        return super().__call__(environ, start_response)
-
-
 class HttpMetrics:
-    """WSGI middleware: counts and times each request; counts open event streams. Per-request
-    work here is write-path cost (bench/ops.py): it is kept to two clock reads and one append."""
+    """WSGI middleware: counts and times each request. Its per-request work is write-path cost
+    (bench/ops.py), so it is two clock reads, one closure and one append: the status is parsed
+    when the queue is folded. (A response class noting the status cost more: Flask converts every
+    flask.Response the views build into the app's class.)"""
 
     def __init__(self, wsgi_app, metrics: NodeMetrics):
         self.wsgi_app, self.metrics = wsgi_app, metrics
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
-        body = self.wsgi_app(environ, start_response)
+
+        def start(status, headers, exc_info=None):
+            environ[STATUS_KEY] = status
+            return start_response(status, headers, exc_info)
+        body = self.wsgi_app(environ, start)
         self.metrics.requests.observe(environ.get(ROUTE_KEY, UNMATCHED), environ.get("REQUEST_METHOD", ""),
-                                      environ.get(STATUS_KEY, 500), time.perf_counter() - started)
-        if STREAM_KEY in environ:
-            return OpenStream(body, self.metrics.event_streams)
+                                      environ.get(STATUS_KEY, "500"), time.perf_counter() - started)
         return body
-
-
-class OpenStream:
-    """A streamed response body, counted in a gauge from now until the server closes it."""
-
-    def __init__(self, body, gauge: Gauge):
-        self.body, self.gauge, self.open = body, gauge, True
-        gauge.inc()
-
-    def __iter__(self):
-        return iter(self.body)
-
-    def close(self) -> None:
-        if self.open:
-            self.open = False
-            self.gauge.dec()
-        close = getattr(self.body, "close", None)
-        if close is not None:
-            close()

@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 import uuid
+from types import SimpleNamespace
 
 import requests
 
@@ -57,6 +58,7 @@ class NoMetrics:
 
     def __init__(self, node):
         self.snapshot_seconds = self
+        self.event_streams = SimpleNamespace(inc=lambda: None, dec=lambda: None)
 
     def wal_fs(self):
         return None  # Storage's own FileSystem: fsyncs not timed
@@ -120,7 +122,6 @@ def observation_costs(rounds: int = 15, n: int = 2000) -> dict:
     and the route hook, on a Flask app with one POST route) and per WAL batch (timing the fsync,
     observing it and the batch size). Steadier than throughput on a shared machine."""
     import io
-    from types import SimpleNamespace
 
     from flask import Flask
 

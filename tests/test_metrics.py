@@ -9,12 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 import requests
-from flask import Flask, Response
+from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness import Cluster
+from harness import Cluster, wait_for
 from metrics import NodeMetrics
 from storage import Storage
+from test_api import api_client, make_node
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMTOOL = shutil.which("promtool")
@@ -119,9 +120,6 @@ def instrumented_app():
     def task(task_id):
         return {"id": task_id}
 
-    @app.get("/events")
-    def events():
-        return Response(iter(["retry: 1000\n\n"]), mimetype="text/event-stream")
     metrics.instrument(app)
     return app, metrics
 
@@ -152,7 +150,7 @@ def test_request_counts_from_many_threads_are_exact_and_buckets_are_upper_inclus
 
     def observe():
         for i in range(per_thread):
-            metrics.requests.observe("/tasks", "POST", 201, 0.001 if i % 2 else 0.0011)
+            metrics.requests.observe("/tasks", "POST", "201 CREATED", 0.001 if i % 2 else 0.0011)
     workers = [threading.Thread(target=observe) for _ in range(threads)]
     for w in workers:
         w.start()
@@ -165,23 +163,27 @@ def test_request_counts_from_many_threads_are_exact_and_buckets_are_upper_inclus
     assert value(s, "pickledb_http_request_seconds_bucket", route="/tasks", le="0.001") == total / 2  # le: <=
     assert value(s, "pickledb_http_request_seconds_bucket", route="/tasks", le="0.0025") == total
     assert value(s, "pickledb_http_request_seconds_sum", route="/tasks") == pytest.approx(total / 2 * 0.0021)
-    metrics.requests.observe("/tasks", "POST", 201, 99.0)  # beyond the last bound
+    metrics.requests.observe("/tasks", "POST", "201 CREATED", 99.0)  # beyond the last bound
     s = samples(metrics)
     assert value(s, "pickledb_http_request_seconds_bucket", route="/tasks", le="10.0") == total
     assert value(s, "pickledb_http_request_seconds_bucket", route="/tasks", le="+Inf") == total + 1
 
 
-def test_open_event_streams_are_counted_until_the_server_closes_them():
-    app, metrics = instrumented_app()
-    client = app.test_client()
-    first = client.get("/events", buffered=False)
-    second = client.get("/events", buffered=False)
-    assert value(samples(metrics), "pickledb_event_streams") == 2
-    first.close()
-    assert value(samples(metrics), "pickledb_event_streams") == 1
-    second.close()
-    client.head("/events").close()
-    assert value(samples(metrics), "pickledb_event_streams") == 0
+def test_open_event_streams_are_counted_until_the_server_closes_them(tmp_path):
+    node = make_node(tmp_path)
+    try:
+        wait_for(lambda: node.status()["is_leader"], 5, "single node to lead")
+        client = api_client(node)
+        first = client.get("/events", buffered=False)
+        second = client.get("/events", buffered=False)
+        assert value(samples(node.metrics), "pickledb_event_streams") == 2
+        first.close()
+        assert value(samples(node.metrics), "pickledb_event_streams") == 1
+        second.close()
+        client.head("/events").close()
+        assert value(samples(node.metrics), "pickledb_event_streams") == 0
+    finally:
+        node.stop()
 
 
 def test_exposition_passes_promtool_lint():
