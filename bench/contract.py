@@ -22,7 +22,7 @@ import requests
 BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH)
 
-import run as bench  # noqa: E402 (bench/run.py: its helpers, and the paths it sets up)
+import common as bench  # noqa: E402 (the helpers, and the paths it sets up)
 
 CONTRACT_LUA = os.path.join(BENCH, "lua", "contract_write.lua")
 TASKS = 64  # PUT targets: more than the clients, so a conditional PUT rarely meets another

@@ -46,7 +46,7 @@ def total_tasks(url: str) -> int:
 
 
 def bench_join(cfg, workdir: str) -> dict:
-    from run import fill_to  # bench/run.py's preload through the API
+    from common import fill_to  # the preload through the API
     tasks = cfg.scale_big
     c = Cluster(os.path.join(workdir, "membership-join"), n=3, heartbeat=FAST[0], election=FAST[1])
     try:

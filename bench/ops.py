@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, BENCH)
 
 from harness import Cluster, NodeProc  # noqa: E402
-from run import FAST, POST_LUA, log, node_pids, rnd, run_wrk  # noqa: E402
+from common import FAST, POST_LUA, log, node_pids, rnd, run_wrk  # noqa: E402
 from storage import Storage  # noqa: E402
 
 WITHOUT_METRICS_FLAG = "--node-without-metrics"

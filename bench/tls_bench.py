@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(BENCH), "tests"))
 sys.path.insert(0, BENCH)
 
 from harness import Cluster, NodeProc  # noqa: E402
-from run import FAST, POST_LUA, log, median, node_pids, rnd, run_wrk, summarize  # noqa: E402
+from common import FAST, POST_LUA, log, median, node_pids, rnd, run_wrk, summarize  # noqa: E402
 from tls_certs import make_ca, make_node_cert  # noqa: E402
 
 
