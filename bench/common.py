@@ -248,12 +248,16 @@ def node_pids(cluster: Cluster, leader_url: str) -> dict:
     return pids
 
 
-def start_cluster(workdir: str, name: str, n: int, timings=FAST) -> tuple[Cluster, str]:
-    c = Cluster(os.path.join(workdir, name), n=n, heartbeat=timings[0], election=timings[1])
+def start_and_lead(c: Cluster, timeout: float = 15) -> str:
+    """Start `c` and return its leader's URL; a cluster that does not get there is stopped."""
     try:
         c.start()
-        leader = c.wait_for_leader(timeout=max(15, 4 * timings[1]))
+        return c.wait_for_leader(timeout=timeout)
     except BaseException:
         c.stop()
         raise
-    return c, leader
+
+
+def start_cluster(workdir: str, name: str, n: int, timings=FAST) -> tuple[Cluster, str]:
+    c = Cluster(os.path.join(workdir, name), n=n, heartbeat=timings[0], election=timings[1])
+    return c, start_and_lead(c, timeout=max(15, 4 * timings[1]))

@@ -2,8 +2,9 @@
 
 Each client POSTs /tasks in a loop to one node; on an error (connection refused or reset,
 a 503 while there is no leader, a timeout) it moves to the next node and retries the same write
-(same Idempotency-Key, so it is applied once) after RETRY_DELAY seconds. Every request is recorded as (sent, done, ok) on the monotonic clock,
-so unavailability is measured from the requests themselves, not from /status polling.
+(same Idempotency-Key, so it is applied once) after RETRY_DELAY seconds. Every request is
+recorded as (sent, done, ok) on the monotonic clock, so unavailability is measured from the
+requests themselves, not from /status polling.
 """
 from __future__ import annotations
 

@@ -21,10 +21,9 @@ import time
 
 import requests
 
+from common import FAST, fill_to, total_tasks
 from failover import WriteLoad
 from harness import Cluster, wait_for
-
-FAST = (0.1, 0.6)
 
 
 def log(msg: str) -> None:
@@ -39,14 +38,7 @@ def voters(url: str) -> set[str]:
         return set()
 
 
-def total_tasks(url: str) -> int:
-    r = requests.get(url + "/tasks?limit=1", timeout=30)
-    r.raise_for_status()
-    return r.json()["total"]
-
-
 def bench_join(cfg, workdir: str) -> dict:
-    from common import fill_to  # the preload through the API
     tasks = cfg.scale_big
     c = Cluster(os.path.join(workdir, "membership-join"), n=3, heartbeat=FAST[0], election=FAST[1])
     try:

@@ -39,14 +39,10 @@ from types import SimpleNamespace
 
 import requests
 
-BENCH = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(BENCH)
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-sys.path.insert(0, BENCH)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from common import FAST, POST_LUA, ROOT, log, node_pids, rnd, run_wrk, start_and_lead  # noqa: E402 (sets the paths)
 from harness import Cluster, NodeProc  # noqa: E402
-from common import FAST, POST_LUA, log, node_pids, rnd, run_wrk  # noqa: E402
 from storage import Storage  # noqa: E402
 
 WITHOUT_METRICS_FLAG = "--node-without-metrics"
@@ -108,15 +104,6 @@ class SwitchableCluster(Cluster):
 
 
 # ------------------------------------------------------------------ measurements
-def start(cluster: Cluster) -> str:
-    try:
-        cluster.start()
-        return cluster.wait_for_leader(timeout=15)
-    except BaseException:
-        cluster.stop()
-        raise
-
-
 def observation_costs(rounds: int = 15, n: int = 2000) -> dict:
     """CPU time (process time, best of `rounds`) the metrics add: per HTTP request (the middleware
     and the route hook, on a Flask app with one POST route) and per WAL batch (timing the fsync,
@@ -209,7 +196,7 @@ def metrics_cost(cfg, workdir: str) -> dict:
 
     def start_both() -> dict:
         for cluster in (first, second):
-            start(cluster)
+            start_and_lead(cluster)
         clusters = {"with": first if first.metrics else second, "without": second if first.metrics else first}
         scrape = requests.get(leader_view(clusters["with"])[0] + "/metrics", timeout=5)
         if scrape.status_code != 200 or "pickledb_raft_term" not in scrape.text:
@@ -316,7 +303,7 @@ def backup_restore(cfg, workdir: str) -> dict:
     for node in cluster.nodes:
         seed(node.data_dir, state, index=n, term=1)
     out = {"tasks": n}
-    leader = start(cluster)
+    leader = start_and_lead(cluster)
     try:
         follower = next(u for u in cluster.urls if u != leader)
         session = requests.Session()
@@ -349,7 +336,7 @@ def backup_restore(cfg, workdir: str) -> dict:
     out["restore_s"] = rnd(statistics.median(times))
     os.rename(f"{node.data_dir}-0", node.data_dir)
     t = time.perf_counter()
-    start(restored)
+    start_and_lead(restored)
     try:
         total = requests.get(node.url + "/tasks?limit=1", timeout=30).json()["total"]
         out["restored_node_serving_s"] = rnd(time.perf_counter() - t)
