@@ -34,10 +34,6 @@ bp = Blueprint("ops", __name__)
 
 @bp.record_once
 def set_up(state) -> None:
-    """Measure the app's requests. Runs when the blueprint is registered: before the node-to-node
-    routes are put in front of the app, so Raft traffic is not measured."""
-    node = state.app.extensions["pickledb"].node
-    node.metrics.instrument(state.app)
     state.app.extensions[BACKUP_SLOTS_KEY] = threading.BoundedSemaphore(BACKUP_SLOTS)
 
 

@@ -28,6 +28,7 @@ from api_common import (ALLOWED_REQUEST_HEADERS, MAX_BODY, RELAYED_HEADERS, AnyP
                         NodeContext, error, host_name, request_target)
 from auth import OPEN, AuthError, Authenticator, forbidden, open_route, permission_of
 from cluster_manager import ClientError, Node
+from metrics import ROUTE_KEY
 from transport import raft_rpc
 
 log = logging.getLogger("pickledb_cluster.api")
@@ -149,6 +150,7 @@ def create_app(node: Node, extra_hosts=(), authenticator: Authenticator | None =
     def edge_checks():
         req = request._get_current_object()  # each use of the proxy costs about 1 us
         environ = req.environ
+        environ[ROUTE_KEY] = req.url_rule  # the metrics' route label (None: no route matched)
         host = environ.get("HTTP_HOST", "")
         hosts, origins = names.current()
         if host.lower() not in hosts:

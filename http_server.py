@@ -25,6 +25,10 @@ pool. This module adds, without a thread hop of its own:
 * The server's own answers (400, 408, 413, 431, 500, 501, 503) are the API's JSON errors, and
   an error that closes a connection half-closes it and drains input briefly (a "lingering
   close", as Apache and nginx do), so the client reads the error instead of a reset.
+* Response observer (`on_response`): called on the worker thread as each client response starts,
+  with the WSGI environ, the status line and the seconds since the request's task started. The
+  server already holds all three at that point, so the metrics cost no WSGI middleware frame,
+  closure or second start_response on the write path. Node-to-node requests are not observed.
 * stop() may be called from a signal handler: it stops accepting, lets running requests finish
   for up to `drain_timeout`, then closes every connection from the I/O thread, so no worker
   writes to a closed descriptor.
@@ -170,10 +174,17 @@ class _ErrorTask(ErrorTask):
 
 class _Task(WSGITask):
     def service(self):
+        self.started = time.perf_counter()
         super().service()
         if self.request.peer_cap is not None and self.status.startswith("200"):
             self.channel.peer = True
             self.channel.provisional = False
+
+    def build_response_header(self):  # once per response, as it starts
+        on_response = self.channel.owner.on_response
+        if on_response is not None and self.request.peer_cap is None:
+            on_response(self.environ, self.status, time.perf_counter() - self.started)
+        return super().build_response_header()
 
 
 class _Channel(HTTPChannel):
@@ -460,12 +471,15 @@ class HTTPServer:
     header dict: "X-Cluster-Secret" is "X_CLUSTER_SECRET") count as node-to-node; the others are
     client traffic, with the client cap, so an unauthenticated body is never read past 1 MiB and
     never queues in front of a peer. `on_stop` runs on the I/O thread when stopping begins (wake
-    long-lived responses there). With `tls` the server speaks only HTTPS."""
+    long-lived responses there). `on_response(environ, status, seconds)` observes each client
+    response as it starts (see the module's docstring). With `tls` the server speaks only HTTPS."""
 
     def __init__(self, app, host: str, port: int, peer_routes: Mapping[str, int], limits: Limits = Limits(),
                  peer_auth: Callable[[dict], bool] | None = None, on_stop: Callable[[], None] | None = None,
-                 ident: str = "pickledb-cluster", tls: "NodeTLS | None" = None):
+                 ident: str = "pickledb-cluster", tls: "NodeTLS | None" = None,
+                 on_response: Callable[[dict, str, float], None] | None = None):
         self.limits = limits
+        self.on_response = on_response
         self.tls = tls
         self.io_thread: int | None = None  # the thread in serve_forever
         self.peer_routes = dict(peer_routes)

@@ -12,10 +12,11 @@ runtime (cluster_manager.py):
     with self.metrics.snapshot_seconds.time():                     # around save_snapshot()
 
 the open event streams by the events blueprint (api_events.py, beside its stream slots), and the
-HTTP metrics by a WSGI middleware (`instrument(app)`), labelled by the Flask url rule (never the
-raw path, so the label values stay bounded) and outside the node-to-node routes; the request
-threads queue their observations, which are folded into counts in batches and before every
-scrape (RequestStats).
+HTTP metrics by the HTTP server, which hands each client response to `requests.observe` as it
+starts (http_server's on_response; node-to-node requests are not observed). They are labelled by
+the Flask url rule the app leaves in the environ (api_server's edge checks, ROUTE_KEY), never by
+the raw path, so the label values stay bounded. The request threads queue their observations,
+which are folded into counts in batches and before every scrape (RequestStats).
 """
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ import time
 from collections import deque
 from typing import Callable
 
-from flask import Request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -41,8 +41,7 @@ SNAPSHOT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others: "other"
 UNMATCHED = "unmatched"  # the route label of a request no url rule matched (404, 405)
 FOLD_EVERY = 1024  # queued request observations that one request thread then folds into the metrics
-# environ keys in which Flask's request and start_response pass the url rule and the status to the middleware
-ROUTE_KEY, STATUS_KEY = "pickledb.route", "pickledb.status"
+ROUTE_KEY = "pickledb.route"  # the environ key of the url rule (werkzeug Rule) the app matched, if any
 
 
 class TimedAppendFile(AppendFile):
@@ -143,10 +142,11 @@ class RequestStats:
         self._counts: dict[tuple, int] = {}  # (route, method, status) -> requests
         self._latency: dict[str, list] = {}  # route -> [requests per bucket (+Inf last), sum of seconds]
 
-    def observe(self, route: str, method: str, status: str, seconds: float) -> None:
-        """`status` as the WSGI status line ("201 CREATED")."""
+    def observe(self, environ: dict, status: str, seconds: float) -> None:
+        """One client response, as it starts (http_server's on_response): the request's WSGI
+        environ, the status line ("201 CREATED") and the seconds since the request was taken up."""
         pending = self._pending
-        pending.append((route, method, status, seconds))
+        pending.append((environ.get(ROUTE_KEY), environ["REQUEST_METHOD"], status, seconds))
         if len(pending) >= FOLD_EVERY and self._lock.acquire(blocking=False):
             try:
                 self._fold()
@@ -157,7 +157,8 @@ class RequestStats:
         """Move the queued observations into the counts (the caller holds _lock)."""
         pending, counts, latency = self._pending, self._counts, self._latency
         for _ in range(len(pending)):
-            route, method, status, seconds = pending.popleft()
+            rule, method, status, seconds = pending.popleft()
+            route = rule.rule if rule is not None else UNMATCHED
             key = (route, method if method in METHODS else "other", status[:3])
             counts[key] = counts.get(key, 0) + 1
             per_route = latency.get(route)
@@ -176,8 +177,8 @@ class RequestStats:
         for (route, method, status), n in counts:
             requests.add_metric([route, method, status], n)
         yield requests
-        seconds = HistogramMetricFamily("pickledb_http_request_seconds", "Time from receiving a client request "
-                                        "until its response starts.", labels=["route"])
+        seconds = HistogramMetricFamily("pickledb_http_request_seconds", "Time from a worker thread taking up a "
+                                        "client request until its response starts.", labels=["route"])
         for route, buckets, total in latency:
             seconds.add_metric([route], histogram_buckets(REQUEST_BUCKETS, buckets), sum_value=total)
         yield seconds
@@ -204,6 +205,7 @@ class NodeMetrics:
             "counts too).", registry=self.registry)
         self.requests = RequestStats()
         self.registry.register(self.requests)
+        self.on_response = self.requests.observe  # the HTTP server's response observer (node_cli.py)
         self.event_streams = Gauge("pickledb_event_streams", "Event streams (text/event-stream) open now.",
                                    registry=self.registry)
         self._leader: str | None = None
@@ -222,50 +224,8 @@ class NodeMetrics:
             self._leader = leader
             self.leader_changes.inc()
 
-    # ------------------------------------------------------------- HTTP
-    def instrument(self, app) -> None:
-        """Count and time every request `app` (a Flask app) serves. Call it before the node-to-node
-        routes are put in front of app.wsgi_app, so Raft traffic is not measured."""
-        app.request_class = RouteNotingRequest
-        app.wsgi_app = HttpMetrics(app.wsgi_app, self)
-
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition in the format the scraper asks for (Prometheus text by default)."""
         encode, content_type = choose_encoder(accept or "")
         return encode(self.registry), content_type
 
-
-class RouteNotingRequest(Request):
-    """Flask's request, also leaving the url rule Flask matched in the WSGI environ, where the
-    middleware finds it after Flask has dropped the request (a teardown hook and the request
-    proxy cost more)."""
-
-    @property
-    def url_rule(self):
-        return self.__dict__.get("matched_rule")
-
-    @url_rule.setter
-    def url_rule(self, rule) -> None:
-        self.__dict__["matched_rule"] = rule
-        self.environ[ROUTE_KEY] = rule.rule if rule is not None else UNMATCHED
-
-
-class HttpMetrics:
-    """WSGI middleware: counts and times each request. Its per-request work is write-path cost
-    (bench/ops.py), so it is two clock reads, one closure and one append: the status is parsed
-    when the queue is folded. (A response class noting the status cost more: Flask converts every
-    flask.Response the views build into the app's class.)"""
-
-    def __init__(self, wsgi_app, metrics: NodeMetrics):
-        self.wsgi_app, self.metrics = wsgi_app, metrics
-
-    def __call__(self, environ, start_response):
-        started = time.perf_counter()
-
-        def start(status, headers, exc_info=None):
-            environ[STATUS_KEY] = status
-            return start_response(status, headers, exc_info)
-        body = self.wsgi_app(environ, start)
-        self.metrics.requests.observe(environ.get(ROUTE_KEY, UNMATCHED), environ.get("REQUEST_METHOD", ""),
-                                      environ.get(STATUS_KEY, "500"), time.perf_counter() - started)
-        return body

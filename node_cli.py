@@ -216,7 +216,7 @@ def main(argv=None, default_port: int = 4001, first_election_factor: float | Non
         server = HTTPServer(create_app(node, authenticator=authenticator), args.host, args.port, peer_routes(),
                             limits=dataclasses.replace(LIMITS, client_body=MAX_BODY),
                             peer_auth=peer_auth(args.cluster_secret), on_stop=node.begin_shutdown,
-                            tls=node_tls)
+                            tls=node_tls, on_response=node.metrics.on_response)
     except (OSError, ValueError) as exc:  # in use, not an address of this machine
         node.storage.close()
         reason = describe(exc) if isinstance(exc, OSError) else str(exc)

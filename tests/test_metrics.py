@@ -1,5 +1,6 @@
 """Prometheus metrics: the per-node registry, the WAL fsync timing through a real Storage, the HTTP
-middleware's bounded labels, and the exposition and docs/ files checked by promtool."""
+requests observed by the real HTTP server with bounded labels, and the exposition and docs/ files
+checked by promtool."""
 import os
 import shutil
 import subprocess
@@ -9,11 +10,15 @@ from types import SimpleNamespace
 
 import pytest
 import requests
-from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
+from werkzeug.routing import Rule
+
+from api_server import create_app
 from harness import Cluster, wait_for
-from metrics import NodeMetrics
+from http_server import HTTPServer
+from metrics import ROUTE_KEY, NodeMetrics
+from node_cli import peer_routes
 from storage import Storage
 from test_api import api_client, make_node
 
@@ -112,34 +117,48 @@ def test_every_wal_fsync_of_a_real_storage_is_timed(tmp_path):
     assert value(s, "pickledb_append_batch_entries_bucket", le="1.0") == 5
 
 
-def instrumented_app():
-    app = Flask(__name__)
-    metrics = NodeMetrics(fake_node(status_view()))
+@pytest.fixture
+def served_node(tmp_path):
+    """A single node behind the real HTTP server, observed as node_cli.py wires it; its URL."""
+    node = make_node(tmp_path)
+    server = HTTPServer(create_app(node), "127.0.0.1", node.config.port, peer_routes(),
+                        on_response=node.metrics.on_response)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: node.status()["is_leader"], 5, "single node to lead")
+        yield node
+    finally:
+        server.stop()
+        thread.join(5)
+        node.stop()
 
-    @app.get("/tasks/<task_id>")
-    def task(task_id):
-        return {"id": task_id}
 
-    metrics.instrument(app)
-    return app, metrics
-
-
-def test_http_requests_are_labelled_by_url_rule_with_bounded_values():
-    app, metrics = instrumented_app()
-    client = app.test_client()
+def test_http_requests_are_labelled_by_url_rule_with_bounded_values(served_node):
+    url = served_node.url
     for i in range(20):
-        assert client.get(f"/tasks/{i:032x}").status_code == 200
-    assert client.get("/no/such/path").status_code == 404
-    assert client.open("/tasks/x", method="FROB").status_code == 405
-    assert client.post("/tasks/x").status_code == 405
-    s = samples(metrics)
-    assert value(s, "pickledb_http_requests_total", route="/tasks/<task_id>", method="GET", status="200") == 20
+        assert requests.get(f"{url}/tasks/{i:032x}", timeout=5).status_code == 404  # no such task
+    created = requests.post(f"{url}/tasks", json={"title": "t"}, timeout=5)
+    assert created.status_code == 201
+    assert requests.get(f"{url}/tasks/{created.json()['id']}", timeout=5).status_code == 200
+    assert requests.get(f"{url}/no/such/path", timeout=5).status_code == 404
+    assert requests.request("FROB", f"{url}/tasks", timeout=5).status_code == 405
+    assert requests.put(f"{url}/tasks", json={}, timeout=5).status_code == 405
+    # Node-to-node requests are not client traffic (no cluster secret: every peer path is one).
+    assert requests.post(f"{url}/raft/vote", data=b"x", timeout=5).status_code == 403
+    s = scrape(url)  # the scrape's own request starts its response after the counts are read
+    assert value(s, "pickledb_http_requests_total", route="/tasks/<task_id>", method="GET", status="404") == 20
+    assert value(s, "pickledb_http_requests_total", route="/tasks/<task_id>", method="GET", status="200") == 1
+    assert value(s, "pickledb_http_requests_total", route="/tasks", method="POST", status="201") == 1
     assert value(s, "pickledb_http_requests_total", route="unmatched", method="GET", status="404") == 1
     assert value(s, "pickledb_http_requests_total", route="unmatched", method="other", status="405") == 1
-    assert value(s, "pickledb_http_requests_total", route="unmatched", method="POST", status="405") == 1
-    assert value(s, "pickledb_http_request_seconds_count", route="/tasks/<task_id>") == 20
+    assert value(s, "pickledb_http_requests_total", route="unmatched", method="PUT", status="405") == 1
+    assert value(s, "pickledb_http_request_seconds_count", route="/tasks/<task_id>") == 21
+    assert value(s, "pickledb_http_request_seconds_sum", route="/tasks/<task_id>") > 0
     routes = {dict(labels).get("route") for name, labels in s if name.startswith("pickledb_http_")}
-    assert routes == {"/tasks/<task_id>", "unmatched"}  # no raw path ever becomes a label
+    assert routes == {"/tasks/<task_id>", "/tasks", "unmatched"}  # no raw path, no peer path
+    assert sum(v for (name, _), v in s.items() if name == "pickledb_http_requests_total") == 25
+    assert value(scrape(url), "pickledb_http_requests_total", route="/metrics", method="GET", status="200") == 1
 
 
 def test_request_counts_from_many_threads_are_exact_and_buckets_are_upper_inclusive():
@@ -148,9 +167,11 @@ def test_request_counts_from_many_threads_are_exact_and_buckets_are_upper_inclus
     metrics = NodeMetrics(fake_node(status_view()))
     threads, per_thread = 8, 5_000
 
+    environ = {ROUTE_KEY: Rule("/tasks"), "REQUEST_METHOD": "POST"}
+
     def observe():
         for i in range(per_thread):
-            metrics.requests.observe("/tasks", "POST", "201 CREATED", 0.001 if i % 2 else 0.0011)
+            metrics.on_response(environ, "201 CREATED", 0.001 if i % 2 else 0.0011)
     workers = [threading.Thread(target=observe) for _ in range(threads)]
     for w in workers:
         w.start()
@@ -163,7 +184,7 @@ def test_request_counts_from_many_threads_are_exact_and_buckets_are_upper_inclus
     assert value(s, "pickledb_http_request_seconds_bucket", route="/tasks", le="0.001") == total / 2  # le: <=
     assert value(s, "pickledb_http_request_seconds_bucket", route="/tasks", le="0.0025") == total
     assert value(s, "pickledb_http_request_seconds_sum", route="/tasks") == pytest.approx(total / 2 * 0.0021)
-    metrics.requests.observe("/tasks", "POST", "201 CREATED", 99.0)  # beyond the last bound
+    metrics.on_response(environ, "201 CREATED", 99.0)  # beyond the last bound
     s = samples(metrics)
     assert value(s, "pickledb_http_request_seconds_bucket", route="/tasks", le="10.0") == total
     assert value(s, "pickledb_http_request_seconds_bucket", route="/tasks", le="+Inf") == total + 1
@@ -188,8 +209,8 @@ def test_open_event_streams_are_counted_until_the_server_closes_them(tmp_path):
 
 def test_exposition_passes_promtool_lint():
     assert PROMTOOL, "promtool is not installed (apt-get install -y prometheus; .ci/run does it)"
-    app, metrics = instrumented_app()
-    app.test_client().get("/tasks/1")
+    metrics = NodeMetrics(fake_node(status_view()))
+    metrics.on_response({ROUTE_KEY: Rule("/tasks/<task_id>"), "REQUEST_METHOD": "GET"}, "200 OK", 0.002)
     metrics.saw_leader("a")
     text, content_type = metrics.render(None)
     assert content_type.startswith("text/plain; version=0.0.4")
