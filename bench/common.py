@@ -248,6 +248,30 @@ def node_pids(cluster: Cluster, leader_url: str) -> dict:
     return pids
 
 
+def leader_view(cluster: Cluster) -> tuple[str, int]:
+    url = cluster.wait_for_leader(timeout=15)
+    return url, cluster.by_url(url).status()["term"]
+
+
+def steady_run(cluster: Cluster, clients: int, duration: float) -> dict | None:
+    """One wrk run of POST /tasks against the leader; None if leadership moved meanwhile (on a
+    loaded machine a 0.6 s election timeout can pass: the run would then measure forwarding)."""
+    before = leader_view(cluster)
+    run = run_wrk(before[0] + "/tasks", POST_LUA, clients, duration, pids=node_pids(cluster, before[0]))
+    return run if leader_view(cluster) == before else None
+
+
+def leader_run(cluster: Cluster, clients: int, duration: float, attempts: int = 3) -> dict:
+    """steady_run against whichever node leads, run again while leadership moves during it;
+    run["redone"] counts the runs dropped."""
+    for redone in range(attempts):
+        run = steady_run(cluster, clients, duration)
+        if run is not None:
+            return {**run, "redone": redone}
+        log(f"  the leader changed during a {clients}-client run; running it again against the new one")
+    raise RuntimeError("leadership kept moving during the runs: the machine is too busy")
+
+
 def start_and_lead(c: Cluster, timeout: float = 15) -> str:
     """Start `c` and return its leader's URL; a cluster that does not get there is stopped."""
     try:
