@@ -9,8 +9,10 @@ one (many more examples, minutes of fuzzing and stateful sequences):
     PICKLEDB_LONG_CONTRACT=1 flock /work/wt/heavy.lock .venv/bin/python -m pytest -q \
         tests/test_contract_schemathesis.py
 
-A failure prints schemathesis's report: the failing check, the request (as curl) and the answer.
-PICKLEDB_CONTRACT_SEED=N replays a run's data (the seed is printed either way).
+A failure prints schemathesis's report (the failing check, the request as curl and the answer)
+and the end of each node's log. PICKLEDB_CONTRACT_SEED=N runs with that seed (it is printed
+either way); the data also depends on the answers (generated task ids), so a seed does not always
+replay a failure. Every valid Idempotency-Key is made unique (tests/contract_hooks.py).
 """
 import os
 import random
@@ -117,8 +119,11 @@ def run_schemathesis(url: str, tmp_path, seed: int, exclude_paths: list[str], ex
         command += ["--exclude-checks", ",".join(exclude_checks)]
     for path in exclude_paths:
         command += ["--exclude-path", path]
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "contract_hooks",
+           "PYTHONPATH": os.pathsep.join(filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")]))}
     # cwd: schemathesis keeps a .schemathesis/ cache in its working directory.
-    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=MAX_SECONDS * 3 + 60)
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=MAX_SECONDS * 3 + 60)
 
 
 @pytest.mark.parametrize("target", ["follower", "leader"])
@@ -137,8 +142,9 @@ def test_every_answer_is_in_the_contract(cluster, tmp_path, target):
     else:
         result = run_schemathesis(url, tmp_path, seed, unserved, exclude_checks=LAG_SENSITIVE_CHECKS)
     output = result.stdout + result.stderr
+    logs = "".join(f"\n--- log of {n.url}:\n{n.log_tail(40)}" for n in cluster.nodes)
     assert result.returncode == 0, (f"schemathesis (seed {seed}, not served yet: {unserved}) against the "
-                                    f"{target} {url}:\n{output[-20000:]}")
+                                    f"{target} {url}:\n{output[-20000:]}{logs}")
     # Every phase ran and tested something: a run that tested nothing proves nothing.
     for phase in ("Coverage", "Fuzzing", "Stateful"):
         assert phase in output, f"phase {phase} missing from the run:\n{output[-5000:]}"
