@@ -84,7 +84,8 @@ def idempotency_key() -> str | None:
     if raw is None:
         return None
     key = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw  # the draft's sf-string form
-    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not all(" " <= ch <= "~" for ch in key):
+    # isascii() and isprintable(): " " to "~" (a generator over the characters cost 3 us a write)
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not (key.isascii() and key.isprintable()):
         raise BadRequest(f"'Idempotency-Key' must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters")
     return key
 
@@ -112,7 +113,8 @@ def if_match() -> str | list[int] | None:
 
 def fingerprint(body, expected) -> str:
     """What makes two requests with one Idempotency-Key the same request."""
-    digest = hashlib.sha256(f"{request.method} {request.path}\n".encode())
+    req = request._get_current_object()  # each use of the proxy costs about 1 us
+    digest = hashlib.sha256(f"{req.method} {req.path}\n".encode())
     digest.update(orjson.dumps([body, expected], option=orjson.OPT_SORT_KEYS))
     return digest.hexdigest()[:32]
 

@@ -50,7 +50,7 @@ def test_a_key_reused_for_another_request_is_refused(client):
 
 
 def test_malformed_keys_are_400(client):
-    for key in ("", "x" * 256, "caf\u00e9", "tab\there", '""'):
+    for key in ("", "x" * 256, "caf\u00e9", "tab\there", "del\x7f", '""'):
         r = client.post("/tasks", json={"title": "a"}, headers={"Idempotency-Key": key.encode().decode("latin-1")})
         assert_error(r, 400, "invalid_request")
     assert client.post("/tasks", json={"title": "a"}, headers={"Idempotency-Key": "x" * 255}).status_code == 201
