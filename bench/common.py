@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import requests
@@ -253,12 +255,34 @@ def leader_view(cluster: Cluster) -> tuple[str, int]:
     return url, cluster.by_url(url).status()["term"]
 
 
-def steady_run(cluster: Cluster, clients: int, duration: float) -> dict | None:
-    """One wrk run of POST /tasks against the leader; None if leadership moved meanwhile (on a
-    loaded machine a 0.6 s election timeout can pass: the run would then measure forwarding)."""
+def steady_run(cluster: Cluster, clients: int, duration: float, script: str = POST_LUA,
+               env: dict | None = None) -> dict | None:
+    """One wrk run (POST /tasks by default) against the leader; None if leadership moved meanwhile
+    (on a loaded machine a 0.6 s election timeout can pass: the run would then measure forwarding)."""
     before = leader_view(cluster)
-    run = run_wrk(before[0] + "/tasks", POST_LUA, clients, duration, pids=node_pids(cluster, before[0]))
+    run = run_wrk(before[0] + "/tasks", script, clients, duration, env=env, pids=node_pids(cluster, before[0]))
     return run if leader_view(cluster) == before else None
+
+
+def concurrent_runs(runs: dict) -> dict | None:
+    """Call each of `runs` ({name: function returning a run or None}) at the same time, each on its
+    own thread, so whatever slows the machine meanwhile slows all of them: on a shared 2-core
+    machine, runs one after the other scatter by +-10%. None if any of them returned None."""
+    results: dict = {}
+    threads = [threading.Thread(target=lambda k=name, f=run: results.__setitem__(k, f())) for name, run in runs.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results if all(results.get(name) for name in runs) else None
+
+
+def median_interval(ratios: list[float], confidence: float = 0.9, resamples: int = 2000) -> tuple[float, float]:
+    """Bootstrap interval of the median ratio (fixed seed: the same runs give the same interval)."""
+    rng = random.Random(13)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    tail = int(resamples * (1 - confidence) / 2)
+    return medians[tail], medians[-tail - 1]
 
 
 def leader_run(cluster: Cluster, clients: int, duration: float, attempts: int = 3) -> dict:

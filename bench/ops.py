@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
-import random
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from types import SimpleNamespace
@@ -41,7 +40,8 @@ import requests
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import FAST, ROOT, leader_view, log, rnd, start_and_lead, steady_run  # noqa: E402 (sets the paths)
+from common import (FAST, ROOT, concurrent_runs, leader_view, log, median_interval, rnd,  # noqa: E402 (sets the paths)
+                    start_and_lead, steady_run)
 from harness import Cluster, NodeProc  # noqa: E402
 from storage import Storage  # noqa: E402
 
@@ -139,24 +139,9 @@ def observation_costs(rounds: int = 15, n: int = 20000) -> dict:
 
 
 def concurrent_pair(clusters: dict, clients: int, duration: float) -> dict | None:
-    """One wrk run against each cluster's leader at the same time: whatever slows the machine
-    meanwhile slows both. None if a leader changed during it."""
-    runs: dict = {}
-    threads = [threading.Thread(target=lambda k=kind: runs.__setitem__(k, steady_run(clusters[k], clients, duration)))
-               for kind in clusters]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return runs if all(runs.values()) else None
-
-
-def median_interval(ratios: list[float], confidence: float = 0.9, resamples: int = 2000) -> tuple[float, float]:
-    """Bootstrap interval of the median ratio (fixed seed: the same runs give the same interval)."""
-    rng = random.Random(13)
-    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
-    tail = int(resamples * (1 - confidence) / 2)
-    return medians[tail], medians[-tail - 1]
+    """One wrk run against each cluster's leader at the same time; None if a leader changed."""
+    return concurrent_runs({kind: functools.partial(steady_run, cluster, clients, duration)
+                            for kind, cluster in clusters.items()})
 
 
 def metrics_cost(cfg, workdir: str) -> dict:
