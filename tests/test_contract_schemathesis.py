@@ -25,6 +25,7 @@ import pytest
 import requests
 import yaml
 
+from contract_hooks import KEY_PATTERN, unique_key
 from harness import ROOT, Cluster
 
 pytestmark = pytest.mark.cluster
@@ -152,6 +153,14 @@ def test_every_answer_is_in_the_contract(cluster, tmp_path, target):
     dead = [n.url for n in cluster.nodes if not n.alive]
     assert not dead, f"nodes exited during the run: {dead}"
     cluster.wait_converged(20)  # one leader, and every node applied what it committed
+
+
+def test_the_key_hook_keeps_each_key_valid_and_makes_it_unique():
+    """tests/contract_hooks.py: a tagged key must still be a valid key, in any of the pattern's forms."""
+    for key in ("a", '"', '"abc', '"x y"', "a" * 255, '"' + "b" * 255 + '"', "3f9c1e52-create-task-1"):
+        assert KEY_PATTERN.fullmatch(key), key
+        tagged = {unique_key(key) for _ in range(3)}
+        assert len(tagged) == 3 and all(KEY_PATTERN.fullmatch(t) for t in tagged), tagged
 
 
 def read_events(stream, until: str) -> list[dict]:
