@@ -15,12 +15,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.routing import Rule
 
 from api_server import create_app
-from harness import Cluster, wait_for
+from cluster_manager import NodeConfig
+from harness import Cluster, free_ports, wait_for
 from http_server import HTTPServer
 from metrics import ROUTE_KEY, NodeMetrics
 from node_cli import peer_routes
 from storage import Storage
-from test_api import api_client, make_node
+from test_api import api_client, make_node, running_node
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMTOOL = shutil.which("promtool")
@@ -119,19 +120,19 @@ def test_every_wal_fsync_of_a_real_storage_is_timed(tmp_path):
 
 @pytest.fixture
 def served_node(tmp_path):
-    """A single node behind the real HTTP server, observed as node_cli.py wires it; its URL."""
-    node = make_node(tmp_path)
-    server = HTTPServer(create_app(node), "127.0.0.1", node.config.port, peer_routes(),
-                        on_response=node.metrics.on_response)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: node.status()["is_leader"], 5, "single node to lead")
-        yield node
-    finally:
-        server.stop()
-        thread.join(5)
-        node.stop()
+    """A single node behind the real HTTP server, observed as node_cli.py wires it."""
+    config = NodeConfig(port=free_ports(1)[0], data_dir=str(tmp_path / "n"), heartbeat_interval=0.05,
+                        election_timeout=0.2)
+    with running_node(config) as node:
+        server = HTTPServer(create_app(node), "127.0.0.1", config.port, peer_routes(),
+                            on_response=node.metrics.on_response)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield node
+        finally:
+            server.stop()
+            thread.join(5)
 
 
 def test_http_requests_are_labelled_by_url_rule_with_bounded_values(served_node):
