@@ -47,16 +47,18 @@ def section(cfg) -> dict:
         for name in ("a", "b"):
             clusters.append(bench.start_cluster(workdir, f"contract-{name}", 3)[0])
         ids = {id(c): bench.some_task_ids(c.wait_for_leader(timeout=15), TASKS) for c in clusters}
-        session = requests.Session()
         tags = itertools.count()  # a fresh key prefix per run: a run again must not replay the first
+        result = {"clients": clients, "nodes": 3, "pairs": pairs, "pairs_redone": 0}
 
         def one(cluster, mode: str):
             """A wrk run of `mode` against the cluster's leader; None if leadership moved meanwhile."""
             leader, tag = cluster.wait_for_leader(timeout=15), next(tags)
             statuses = os.path.join(workdir, f"statuses-{tag}.json")
-            # The PUT targets with their current versions, so a conditional PUT starts right.
-            targets = ",".join(f"{i}:{session.get(f'{leader}/tasks/{i}', timeout=10).json()['version']}"
-                               for i in ids[id(cluster)]) if mode.startswith("put") else ""
+            # The PUT targets with their current versions, so a conditional PUT starts right (a
+            # session per run: the two runs of a pair ask at the same time).
+            with requests.Session() as session:
+                targets = ",".join(f"{i}:{session.get(f'{leader}/tasks/{i}', timeout=10).json()['version']}"
+                                   for i in ids[id(cluster)]) if mode.startswith("put") else ""
             env = {"BENCH_MODE": mode, "BENCH_TASKS": targets, "BENCH_PREFIX": f"{mode}-{tag}-",
                    "BENCH_STATUS_FILE": statuses}
             r = bench.steady_run(cluster, clients, cfg.duration, CONTRACT_LUA, env)
@@ -85,7 +87,6 @@ def section(cfg) -> dict:
                     statuses[status] = statuses.get(status, 0) + n
             return {**bench.summarize(rs), "ok_rps": bench.rnd(bench.median(r["ok_rps"] for r in rs), 1),
                     "statuses": statuses}
-        result = {"clients": clients, "nodes": 3, "pairs": pairs, "pairs_redone": 0}
         for plain, contract in PAIRS:
             pair({plain: clusters[0], contract: clusters[1]})  # warm-up, not recorded
             runs: dict = {plain: [], contract: []}

@@ -42,3 +42,16 @@ def test_benchmark_suite_smoke(tmp_path):
     # an earlier version compared two clusters that both had them).
     cost = res["ops"]["metrics_cost"]
     assert cost["all_pairs"]["pairs"] >= 4 and cost["pairs_redone"] < cost["all_pairs"]["pairs"]
+    # The contract section's pairs ran both modes at once on both clusters; every write succeeded
+    # but a conditional PUT that met another client's update (412, rare: 64 tasks, 16 clients).
+    contract = res["contract"]
+    assert contract["pairs"] >= 4
+    for plain in ("post", "put"):
+        figures = contract[plain]
+        low, high = figures["ratio_90_interval"]
+        assert 0 < low <= figures["ratio"] <= high, figures
+        for side in ("plain", "contract"):
+            conditional = figures["contract_mode"] == "put_if" and side == "contract"
+            allowed = {"200", "412"} if conditional else {"200", "201"}
+            assert figures[side]["ok_rps"] > 0 and set(figures[side]["statuses"]) <= allowed, figures[side]
+    assert all(r["runs_redone"] >= 0 for r in res["writes"])  # the writes followed the leader
