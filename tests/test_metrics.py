@@ -11,7 +11,6 @@ from types import SimpleNamespace
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
-
 from werkzeug.routing import Rule
 
 from api_server import create_app
